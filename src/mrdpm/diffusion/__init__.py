@@ -1,0 +1,1 @@
+"""Noise schedules, training losses, samplers and data-consistency steps."""

@@ -1,0 +1,1 @@
+"""Metrics, classical reconstruction baselines, benchmark helpers and figures."""

@@ -1,0 +1,1 @@
+"""The denoiser: U-Net wrapped by a preconditioner, and the checkpoint format."""

@@ -1,0 +1,1 @@
+"""End-to-end pipelines: accelerated reconstruction, MR fingerprinting, ultra-low-field."""

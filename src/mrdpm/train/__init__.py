@@ -1,0 +1,1 @@
+"""Training loop: EMA, resume, data-parallel, fine-tuning."""
