@@ -29,6 +29,7 @@ class LinearOperator:
         return self.adjoint(self.forward(x))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the operator (same as :meth:`forward`)."""
         return self.forward(x)
 
     @property
