@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["KSpaceCase", "Volume"]
+__all__ = ["KSpaceCase", "Volume", "affine_for_slices"]
+
+
+def affine_for_slices(affine: np.ndarray, n_slices: int, index: slice) -> np.ndarray:
+    """The affine of ``array[index]`` (a slice along axis 0) given the affine of ``array`` with ``n_slices``."""
+    kept = range(n_slices)[index]
+    out = np.array(affine, dtype=np.float64, copy=True)
+    out[:3, 3] += out[:3, 0] * kept.start
+    out[:3, 0] *= kept.step
+    return out
 
 
 @dataclass
@@ -77,6 +86,17 @@ class KSpaceCase:
     def n_coils(self) -> int:
         """Number of coils."""
         return self.kspace.shape[1]
+
+    def select_slices(self, index: slice) -> KSpaceCase:
+        """The same case restricted to ``index`` along the slice axis (the affine's origin moves with it)."""
+        if len(range(self.n_slices)[index]) == 0:
+            raise ValueError(f"{index=} selects no slice of {self.n_slices}")
+        affine = None if self.affine is None else affine_for_slices(self.affine, self.n_slices, index)
+        return KSpaceCase(
+            kspace=self.kspace[index], mask=self.mask if self.mask.dim() == 2 else self.mask[index],
+            target=None if self.target is None else self.target[index],
+            maps=None if self.maps is None else self.maps[index], affine=affine, attrs=dict(self.attrs),
+            path=self.path)
 
     @property
     def acceleration(self) -> float:
