@@ -10,15 +10,16 @@ import torch.nn.functional as F
 __all__ = ["smooth_field", "smooth_phase"]
 
 
-def smooth_field(shape: tuple[int, ...], *, n_knots: int = 4, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+def smooth_field(shape: tuple[int, ...], *, spatial_dims: int = 2, n_knots: int = 4,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """A smooth random real field in [-1, 1]: a coarse Gaussian grid upsampled with bicubic/trilinear interpolation.
 
     Parameters
     ----------
     shape
-        ``(..., H, W)`` or ``(..., D, H, W)``; the last 2 axes (or 3, when ``len(shape) >= 3`` and the caller
-        passes a 3-tuple) are spatial. Leading axes get independent fields.
+        ``(..., H, W)`` or ``(..., D, H, W)``; leading axes get independent fields.
+    spatial_dims
+        Number of trailing spatial axes (2 or 3).
     n_knots
         Knots per spatial axis of the coarse grid: small means smooth (4 gives about one oscillation).
     generator
@@ -29,7 +30,9 @@ def smooth_field(shape: tuple[int, ...], *, n_knots: int = 4, generator: torch.G
     torch.Tensor
         float32 field of ``shape`` with max |value| 1.
     """
-    spatial = shape[-3:] if len(shape) == 3 else shape[-2:]
+    if spatial_dims not in (2, 3) or len(shape) < spatial_dims:
+        raise ValueError(f"need {spatial_dims=} in (2, 3) and at least that many axes in {shape=}")
+    spatial = tuple(shape[-spatial_dims:])
     lead = shape[: len(shape) - len(spatial)]
     batch = math.prod(lead)
     coarse = torch.randn((batch, 1, *(n_knots,) * len(spatial)), generator=generator, device=device)
@@ -39,7 +42,7 @@ def smooth_field(shape: tuple[int, ...], *, n_knots: int = 4, generator: torch.G
     return field.reshape(shape)
 
 
-def smooth_phase(shape: tuple[int, ...], *, max_phase: float = math.pi, n_knots: int = 4,
+def smooth_phase(shape: tuple[int, ...], *, spatial_dims: int = 2, max_phase: float = math.pi, n_knots: int = 4,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  ) -> torch.Tensor:
     """A smooth random phase map ``exp(i phi)`` with ``|phi| <= max_phase`` (radians).
@@ -51,5 +54,6 @@ def smooth_phase(shape: tuple[int, ...], *, max_phase: float = math.pi, n_knots:
     torch.Tensor
         complex64 unit-modulus map of ``shape``.
     """
-    phi = max_phase * smooth_field(shape, n_knots=n_knots, generator=generator, device=device)
+    phi = max_phase * smooth_field(shape, spatial_dims=spatial_dims, n_knots=n_knots, generator=generator,
+                                   device=device)
     return torch.polar(torch.ones_like(phi), phi)

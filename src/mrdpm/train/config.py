@@ -1,0 +1,290 @@
+"""Training configuration: typed, frozen dataclasses read from a TOML file and dumped as JSON into the run.
+
+A config file has the sections ``[data]`` (with ``[[data.sources]]`` tables; see mrdpm.data.config.DataConfig),
+``[model]``, ``[optim]`` and ``[run]``; every key is optional except ``data.sources``. Unknown keys and wrong
+types are errors naming the file and the key. Relative source paths are taken from the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mrdpm.data.config import DataConfig
+from mrdpm.errors import MrdpmError
+from mrdpm.models.unet import PRESETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "config_from_dict", "config_to_dict",
+           "load_config"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The denoiser's architecture and preconditioning (the rest of mrdpm.models.DenoiserConfig comes from data).
+
+    Attributes
+    ----------
+    preset
+        U-Net size: ``tiny`` (tests), ``small`` (CPU), ``base`` (GPU).
+    parameterisation
+        ``edm``, ``ve``, ``vp`` (DDPM eps) or ``v`` (v-prediction); sets the loss and preconditioning.
+    sigma_data
+        Standard deviation of the (normalised) training images assumed by EDM preconditioning.
+    sigma_min, sigma_max
+        Noise range of ``edm``/``ve`` models; omitted: the defaults of mrdpm.models.DenoiserConfig.
+    label_dropout
+        Probability of replacing a class label by the null class during training (classifier-free guidance).
+    num_timesteps, beta_schedule, beta_start, beta_end
+        Discrete schedule of ``vp``/``v`` models.
+    """
+
+    preset: str = "small"
+    parameterisation: Literal["edm", "ve", "vp", "v"] = "edm"
+    sigma_data: float = 0.5
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    label_dropout: float = 0.1
+    num_timesteps: int = 1000
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {self.sigma_data}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then a cosine or constant learning rate, gradient clipping and an EMA.
+
+    Attributes
+    ----------
+    lr
+        Peak learning rate.
+    betas, eps, weight_decay
+        AdamW settings.
+    warmup_steps
+        The learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over these steps.
+    schedule
+        After warm-up: ``cosine`` (decays to 0 at ``steps``) or ``constant``.
+    grad_clip
+        Maximum global gradient norm; 0 disables clipping.
+    batch_size
+        Global batch size (split evenly over data-parallel processes).
+    steps
+        Total number of optimiser steps.
+    ema_halflife_steps
+        Half-life of the exponential moving average of the weights, in steps.
+    ema_rampup_ratio
+        Early in training the half-life is at most ``ema_rampup_ratio * step`` (Karras et al. 2022), so the
+        EMA forgets the random initialisation; 0 disables this.
+    """
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    batch_size: int = 8
+    steps: int = 10000
+    ema_halflife_steps: float = 500.0
+    ema_rampup_ratio: float = 0.05
+
+    def __post_init__(self):
+        checks = {
+            "lr": self.lr > 0, "betas": all(0 <= b < 1 for b in self.betas), "eps": self.eps > 0,
+            "weight_decay": self.weight_decay >= 0, "warmup_steps": self.warmup_steps >= 0,
+            "grad_clip": self.grad_clip >= 0, "batch_size": self.batch_size >= 1, "steps": self.steps >= 1,
+            "ema_halflife_steps": self.ema_halflife_steps > 0, "ema_rampup_ratio": self.ema_rampup_ratio >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"out of range: {', '.join(f'{n} = {getattr(self, n)!r}' for n in bad)}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (1-based)."""
+        if step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(self.steps - self.warmup_steps, 1)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def ema_decay_at(self, step: int) -> float:
+        """Per-step EMA decay ``0.5 ** (1 / halflife)`` at step ``step`` (1-based), with the ramp-up."""
+        halflife = self.ema_halflife_steps
+        if self.ema_rampup_ratio > 0:
+            halflife = min(halflife, self.ema_rampup_ratio * step)
+        return 0.5 ** (1 / halflife)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Bookkeeping of a run.
+
+    Attributes
+    ----------
+    seed
+        Seeds model initialisation and, with the step and process rank, every random draw of a step.
+    checkpoint_every
+        Steps between resumable checkpoints (one is also written when training stops).
+    log_every
+        Steps between lines of ``log.jsonl`` (each line averages the steps since the previous one).
+    device
+        ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    precision
+        ``fp32``, or ``bf16`` autocast on CUDA.
+    name
+        Model name for the card; empty: the run folder's name.
+    """
+
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    name: str = ""
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError(f"checkpoint_every and log_every must be >= 1, got {self.checkpoint_every}, "
+                             f"{self.log_every}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs."""
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(value: Any, hint: Any, key: str, path: Path | None) -> Any:
+    """``value`` read from TOML, checked against the type ``hint`` and converted (lists -> tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    wrong = MrdpmError(f"{key} must be {_type_name(hint)}, got {value!r}", path=path)
+    if origin in (typing.Union, types.UnionType):  # X | None: TOML has no null, so None only by omission
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key, path)
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise MrdpmError(f"{key} must be one of {list(args)}, got {value!r}", path=path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise wrong
+        if args[-1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]", path) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise MrdpmError(f"{key} must have {len(args)} entries, got {value!r}", path=path)
+        return tuple(_convert(v, a, f"{key}[{i}]", path) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise MrdpmError(f"{key} must be a table, got {value!r}", path=path)
+        return _build(hint, value, key, path)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise wrong
+
+
+def _build(cls: type, table: dict, where: str, path: Path | None) -> Any:
+    """A ``cls`` dataclass from a TOML table: every key known, every value of the declared type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise MrdpmError(f"unknown key {prefix}{unknown[0]} (known keys: {', '.join(fields)})", path=path)
+    missing = [name for name, f in fields.items() if name not in table
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise MrdpmError(f"missing key {prefix}{missing[0]}", path=path)
+    kwargs = {k: _convert(v, hints[k], prefix + k, path) for k, v in table.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise MrdpmError(f"[{where or 'config'}] {err}", path=path) from None
+
+
+def _resolve_sources(data: DataConfig, base_dir: Path) -> DataConfig:
+    """Source paths made absolute against ``base_dir`` (glob characters kept)."""
+    def resolve(p: str) -> str:
+        return os.path.normpath(base_dir / os.path.expanduser(p))
+
+    sources = tuple(dataclasses.replace(s, paths=tuple(resolve(p) for p in s.paths)) for s in data.sources)
+    return dataclasses.replace(data, sources=sources)
+
+
+def config_from_dict(table: dict, *, path: str | Path | None = None,
+                     base_dir: str | Path | None = None) -> TrainConfig:
+    """Build and check a TrainConfig from a parsed TOML/JSON table.
+
+    Parameters
+    ----------
+    table
+        ``{"data": {...}, "model": {...}, "optim": {...}, "run": {...}}``.
+    path
+        The file it came from, named in error messages.
+    base_dir
+        Folder that relative source paths are resolved against (default: the current directory).
+
+    Raises
+    ------
+    MrdpmError
+        Unknown or missing keys, wrong types, values out of range.
+    """
+    path = None if path is None else Path(path)
+    config = _build(TrainConfig, table, "", path)
+    return dataclasses.replace(config, data=_resolve_sources(config.data, Path(base_dir or Path.cwd())))
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML training config; relative source paths are taken from the file's folder.
+
+    Raises
+    ------
+    MrdpmError
+        Unreadable or invalid TOML, or any problem listed in ``config_from_dict``.
+    """
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MrdpmError(f"cannot read config: {err.strerror}", path=path) from None
+    except tomllib.TOMLDecodeError as err:
+        raise MrdpmError(f"invalid TOML: {err}", path=path) from None
+    return config_from_dict(table, path=path, base_dir=path.resolve().parent)
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    """The config as plain JSON-serialisable data (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+

@@ -1,0 +1,315 @@
+"""The training loop: AdamW, warm-up + cosine/constant learning rate, clipping, EMA, exact resume, DDP.
+
+Every random draw of step ``k`` (1-based) comes from a seed derived from ``(run.seed, k, rank)``: the batch
+(item choice, patch position, synthetic phase), the noise level and noise (one generator), and label dropout
+(torch's global generator, re-seeded every step). So a resumed run repeats the uninterrupted run's losses
+exactly, and ``max_steps`` only decides where a call stops, never what a step does.
+
+A run folder holds ``config.json`` (the resolved config), ``log.jsonl`` (one JSON line per ``log_every`` steps:
+step, loss, lr, grad_norm, seconds), ``state.safetensors`` (resumable state, written every ``checkpoint_every``
+steps and when a call stops) and ``model.safetensors`` + ``model.json``: the EMA denoiser with its model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mrdpm import __version__
+from mrdpm.data.images import TrainingImages
+from mrdpm.diffusion.losses import denoising_loss
+from mrdpm.errors import MrdpmError
+from mrdpm.models.checkpoint import save_checkpoint
+from mrdpm.models.precond import Denoiser, DenoiserConfig
+from mrdpm.train.config import TrainConfig, config_to_dict
+from mrdpm.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    init_distributed,
+    shutdown_distributed,
+    wrap_data_parallel,
+)
+from mrdpm.train.ema import make_ema, update_ema
+from mrdpm.train.state import load_training_state, save_training_state
+
+__all__ = ["RunSummary", "Trainer", "denoiser_config", "step_seed", "train"]
+
+STATE_FILE = "state.safetensors"
+MODEL_STEM = "model"
+# Settings that may change between a run and its resumption (none alters what a step computes, except
+# optim.steps, which moves the end of a cosine schedule).
+RESUMABLE_CHANGES = frozenset({"run.checkpoint_every", "run.log_every", "run.device", "optim.steps"})
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A 63-bit seed for step ``step`` of process ``rank``, well mixed (NumPy SeedSequence)."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def denoiser_config(config: TrainConfig, class_names: tuple[str, ...]) -> DenoiserConfig:
+    """The denoiser's config: architecture from ``config.model``, image type and classes from the data."""
+    m = config.model
+    return DenoiserConfig(
+        preset=m.preset, spatial_dims=config.data.spatial_dims, image_channels=1,
+        complex_input=config.data.is_complex, class_names=class_names,
+        label_dropout=m.label_dropout if class_names else 0.0, parameterisation=m.parameterisation,
+        sigma_data=m.sigma_data, sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_timesteps=m.num_timesteps,
+        beta_schedule=m.beta_schedule, beta_start=m.beta_start, beta_end=m.beta_end)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a call of ``train`` did.
+
+    Attributes
+    ----------
+    run_dir
+        The run folder.
+    step
+        Optimiser steps completed in total (over all calls).
+    steps_this_call
+        Steps done by this call.
+    loss
+        Mean loss of the last logged interval (None if nothing was logged yet).
+    seconds
+        Training time over all calls, in s.
+    steps_per_second
+        Speed of this call.
+    model_card
+        The exported EMA model's card (``model.json``).
+    """
+
+    run_dir: Path
+    step: int
+    steps_this_call: int
+    loss: float | None
+    seconds: float
+    steps_per_second: float
+    model_card: Path
+
+
+class Trainer:
+    """One training run in a run folder (see the module docstring for its files).
+
+    Parameters
+    ----------
+    config
+        The resolved training config.
+    run_dir
+        The run folder (created if missing).
+    resume
+        Continue from ``state.safetensors`` if present (a fresh run if the folder has none); the config must
+        equal the saved one except in ``RESUMABLE_CHANGES``. The continuation repeats the uninterrupted run
+        exactly when the number of processes is the same. Without ``resume``, a folder holding a run is
+        refused.
+    dist
+        Process-group information (``init_distributed``); None: a single process on ``config.run.device``.
+
+    Attributes
+    ----------
+    model, ema : Denoiser
+        The trained denoiser and its moving average (unwrapped).
+    step : int
+        Steps completed.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+                 dist: DistInfo | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dist = dist or init_distributed(config.run.device)
+        if config.optim.batch_size % self.dist.world_size:
+            raise MrdpmError(f"optim.batch_size {config.optim.batch_size} is not divisible by the "
+                             f"{self.dist.world_size} processes")
+        state_path = self.run_dir / STATE_FILE
+        if state_path.exists() and not resume:
+            raise MrdpmError("folder already holds a training run: resume it or choose another folder",
+                             path=self.run_dir)
+        resuming = resume and state_path.exists()
+        if resuming:
+            self._check_resumable()
+        self.data = TrainingImages(config.data)
+        torch.manual_seed(config.run.seed)
+        self.model = Denoiser(denoiser_config(config, self.data.class_names)).to(self.dist.device).train()
+        self.ema = make_ema(self.model)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.step, self.seconds = 0, 0.0
+        # Running sums since the last log line (loss, grad norm, steps), kept on the device: no per-step sync.
+        self._sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
+        self._history: list[dict[str, Any]] = []  # logged rows (rank 0)
+        self._last_loss: float | None = None
+        if resuming:
+            meta = load_training_state(state_path, model=self.model, ema=self.ema, optimizer=self.optimizer)
+            self.step, self.seconds = int(meta["step"]), float(meta["seconds"])
+            self._sums = torch.tensor(meta["sums"], dtype=torch.float64, device=self.dist.device)
+        if self.dist.is_main:
+            self._prepare_folder(resuming)
+        self._net = wrap_data_parallel(self.model, self.dist)
+
+    def _check_resumable(self) -> None:
+        saved_path = self.run_dir / "config.json"
+        try:
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise MrdpmError(f"cannot read the run's config: {err}", path=saved_path) from err
+        new = config_to_dict(self.config)
+        changed = sorted(f"{section}.{key}" for section in new for key in new[section]
+                         if saved.get(section, {}).get(key) != new[section][key])
+        changed = [c for c in changed if c not in RESUMABLE_CHANGES]
+        if changed:
+            raise MrdpmError(f"config differs from the run's saved config in {changed}; resuming needs the same "
+                             "settings (start a new run folder instead)", path=saved_path)
+
+    def _prepare_folder(self, resuming: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2) + "\n",
+                                                 encoding="utf-8")
+        log = self.run_dir / "log.jsonl"
+        lines = log.read_text(encoding="utf-8").splitlines() if resuming and log.exists() else []
+        # Lines written after the last checkpoint (a crash) are dropped: they will be written again.
+        self._history = [row for row in map(json.loads, lines) if row["step"] <= self.step]
+        log.write_text("".join(json.dumps(row) + "\n" for row in self._history), encoding="utf-8")
+
+    def _train_step(self, step: int) -> torch.Tensor:
+        """One optimiser step; returns ``[loss, grad_norm, 1]`` (loss and norm averaged over processes)."""
+        cfg, device = self.config, self.dist.device
+        seed = step_seed(cfg.run.seed, step, self.dist.rank)
+        torch.manual_seed(seed)  # label dropout inside the denoiser
+        generator = torch.Generator().manual_seed(seed)
+        batch = self.data.sample(cfg.optim.batch_size // self.dist.world_size, generator=generator)
+        labels = None if batch.class_labels is None else batch.class_labels.to(device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.optim.lr_at(step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16"):
+            loss = denoising_loss(self._net, batch.images.to(device), class_labels=labels,
+                                  generator=generator).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        update_ema(self.ema, self.model, cfg.optim.ema_decay_at(step))
+        stats = all_reduce_mean(torch.stack([loss.detach().float(), grad_norm.detach().float()]), self.dist)
+        return torch.cat([stats.double(), stats.new_ones(1, dtype=torch.float64)])
+
+    def run(self, max_steps: int | None = None, *, progress: bool = True) -> RunSummary:
+        """Train until ``config.optim.steps`` (or ``max_steps``, if smaller) steps are done in total.
+
+        Parameters
+        ----------
+        max_steps
+            Stop after this many steps in total (a checkpoint is written there); the schedule still runs to
+            ``config.optim.steps``.
+        progress
+            Show a tqdm bar (rank 0 only): loss, steps/s, ETA.
+
+        Raises
+        ------
+        MrdpmError
+            If the loss becomes NaN or infinite (lower ``optim.lr``).
+        """
+        cfg = self.config
+        stop = min(cfg.optim.steps, cfg.optim.steps if max_steps is None else max_steps)
+        first, clock, seconds_before = self.step, time.perf_counter(), self.seconds
+        bar = tqdm(total=cfg.optim.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (progress and self.dist.is_main))
+        while self.step < stop:
+            self.step += 1
+            self._sums += self._train_step(self.step)
+            bar.update(1)
+            self.seconds = seconds_before + time.perf_counter() - clock
+            if self.step % cfg.run.log_every == 0:
+                row = self._log()
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}")
+            if self.dist.is_main and (self.step % cfg.run.checkpoint_every == 0 or self.step == stop):
+                self._checkpoint()
+        bar.close()
+        done, wall = self.step - first, time.perf_counter() - clock
+        return RunSummary(self.run_dir, self.step, done, self._last_loss, self.seconds,
+                          done / wall if done else 0.0, self.run_dir / f"{MODEL_STEM}.json")
+
+    def _log(self) -> dict[str, Any]:
+        """Close a logging interval: a row of mean loss and grad norm (rank 0 appends it to log.jsonl)."""
+        loss, grad_norm, count = self._sums.tolist()
+        self._sums.zero_()
+        if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+            raise MrdpmError(f"training diverged at step {self.step} (loss {loss}, grad norm {grad_norm}): "
+                             "lower optim.lr or set optim.grad_clip", path=self.run_dir)
+        row = {"step": self.step, "loss": loss / count, "lr": self.config.optim.lr_at(self.step),
+               "grad_norm": grad_norm / count, "seconds": round(self.seconds, 3)}
+        self._last_loss = row["loss"]
+        if self.dist.is_main:
+            self._history.append(row)
+            with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
+
+    def _checkpoint(self) -> None:
+        """Write the resumable state, then export the EMA denoiser with its card (rank 0)."""
+        meta = {"step": self.step, "seconds": self.seconds, "sums": self._sums.tolist(),
+                "mrdpm_version": __version__}
+        save_training_state(self.run_dir / STATE_FILE, model=self.model, ema=self.ema,
+                            optimizer=self.optimizer, meta=meta)
+        save_checkpoint(self.ema, self.run_dir / MODEL_STEM, self._card())
+
+    def _card(self) -> dict[str, Any]:
+        """Model-card entries describing this training run."""
+        cfg, data = self.config, self.data.card()
+        losses = [row["loss"] for row in self._history]
+        n = max(1, len(losses) // 10)
+        pixel_sizes = sorted({tuple(v) for s in data["sources"] for v in s["pixel_size_mm"]})
+        sources = ", ".join(s.name for s in cfg.data.sources)
+        return {
+            "name": cfg.run.name or self.run_dir.resolve().name,
+            "summary": (f"{cfg.model.preset} {cfg.model.parameterisation} prior, {cfg.data.spatial_dims}D "
+                        f"{cfg.data.image_type}, {self.step} steps on {sources}"),
+            "intensity_normalisation": self.data.normalisation.card(),
+            "resolution": {"image_shape": data["image_shape"], "pixel_size_mm": [list(p) for p in pixel_sizes]},
+            "training": {
+                "data": data, "steps": self.step, "planned_steps": cfg.optim.steps,
+                "batch_size": cfg.optim.batch_size, "processes": self.dist.world_size, "seed": cfg.run.seed,
+                "seconds": round(self.seconds, 1), "optim": dataclasses.asdict(cfg.optim),
+                "weights": "exponential moving average",
+                "loss": None if not losses else {
+                    "log_every": cfg.run.log_every, "first": float(np.mean(losses[:n])),
+                    "last": float(np.mean(losses[-n:])), "min": min(losses), "points": len(losses)},
+            },
+        }
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, max_steps: int | None = None,
+          progress: bool = True) -> RunSummary:
+    """Train a denoiser (single process, or one process of a torchrun group).
+
+    Parameters
+    ----------
+    config
+        The resolved config (``mrdpm.train.config.load_config``).
+    run_dir
+        Folder for the config dump, log, resumable state and exported EMA model.
+    resume
+        Continue the run saved in ``run_dir`` exactly where it stopped.
+    max_steps
+        Stop after this many steps in total (see ``Trainer.run``).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    RunSummary
+    """
+    info = init_distributed(config.run.device)
+    try:
+        return Trainer(config, run_dir, resume=resume, dist=info).run(max_steps, progress=progress)
+    finally:
+        shutdown_distributed(info)
