@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Idle OpenMP threads must not spin: on a busy 2-core machine spinning makes small torch ops several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import pytest
