@@ -77,6 +77,7 @@ class CoilOperator(LinearOperator):
         if maps.dim() < ndim + 1:
             raise ValueError(f"coil maps need a coil axis before {ndim} spatial axes, got shape {tuple(maps.shape)}")
         self.maps, self.ndim = maps, ndim
+        self._maps_conj = maps.conj().resolve_conj()  # materialised once: a lazy conj is slow in every adjoint
 
     @property
     def n_coils(self) -> int:
@@ -87,7 +88,7 @@ class CoilOperator(LinearOperator):
         return x.unsqueeze(-self.ndim - 1) * self.maps
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return (self.maps.conj() * y).sum(dim=-self.ndim - 1)
+        return (self._maps_conj * y).sum(dim=-self.ndim - 1)
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return x * self.maps.abs().square().sum(dim=-self.ndim - 1)

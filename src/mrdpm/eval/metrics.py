@@ -1,0 +1,138 @@
+"""Image quality metrics on magnitude images, following the fastMRI evaluation conventions.
+
+Every metric takes a target and a reconstruction of shape ``(H, W)`` or a volume ``(S, H, W)`` of slices
+(torch tensors or NumPy arrays, real or complex; complex inputs are compared by magnitude) and returns one
+Python float for the whole volume, as fastMRI's ``evaluate.py`` does:
+
+- ``nmse = ||t - r||^2 / ||t||^2`` and ``psnr = 10 log10(max(t)^2 / mean((t - r)^2))`` over all voxels;
+- ``ssim``: the mean over slices of the 2D SSIM (Wang et al., IEEE TIP 2004) with a 7x7 uniform window,
+  ``K1 = 0.01``, ``K2 = 0.03``, sample covariances (``N / (N - 1)``), averaged over the window centres whose
+  window lies inside the image, i.e. scikit-image's ``structural_similarity`` defaults;
+- the data range of ``psnr`` and ``ssim`` is the maximum of the target over the whole volume.
+
+An optional boolean ``mask`` (broadcastable to the images, e.g. ``(H, W)``) restricts every sum and mean, and the
+target maximum, to the pixels where it is True (for ``ssim``: to the window centres inside it).
+Computation is in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["evaluate", "nmse", "nrmse", "psnr", "ssim"]
+
+SSIM_WINDOW = 7
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def _as_tensor(x: ArrayLike) -> torch.Tensor:
+    # copy NumPy input: read-only arrays (np.load with mmap, shared data) cannot be shared with torch
+    return torch.tensor(x) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+
+
+def _magnitude(x: ArrayLike, name: str) -> torch.Tensor:
+    t = _as_tensor(x)
+    if t.dim() not in (2, 3):
+        raise ValueError(f"{name} must be (H, W) or (S, H, W), got shape {tuple(t.shape)}")
+    return (t.abs() if t.is_complex() else t).to(torch.float64)
+
+
+def _prepare(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    t, r = _magnitude(target, "target"), _magnitude(recon, "recon")
+    if t.shape != r.shape:
+        raise ValueError(f"target {tuple(t.shape)} and recon {tuple(r.shape)} differ in shape")
+    if mask is None:
+        return t, r, None
+    m = _as_tensor(mask)
+    if m.dtype != torch.bool:
+        raise TypeError(f"mask must be boolean, got {m.dtype}")
+    try:
+        m = torch.broadcast_to(m, t.shape)
+    except RuntimeError as err:
+        raise ValueError(f"mask {tuple(m.shape)} does not broadcast to images {tuple(t.shape)}") from err
+    if not bool(m.any()):
+        raise ValueError("mask selects no pixels")
+    return t, r, m
+
+
+def _select(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x[mask]
+
+
+def nmse(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Normalised mean squared error ``||t - r||^2 / ||t||^2`` of magnitudes over the volume (or the mask)."""
+    t, r, m = _prepare(target, recon, mask)
+    t, r = _select(t, m), _select(r, m)
+    return float((t - r).square().sum() / t.square().sum())
+
+
+def nrmse(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Normalised root mean squared error, ``sqrt(nmse)``."""
+    return math.sqrt(nmse(target, recon, mask))
+
+
+def psnr(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Peak signal-to-noise ratio in dB with peak = the target's maximum magnitude (fastMRI convention).
+
+    Returns ``inf`` for identical images.
+    """
+    t, r, m = _prepare(target, recon, mask)
+    t, r = _select(t, m), _select(r, m)
+    mse = float((t - r).square().mean())
+    peak = float(t.max())
+    return math.inf if mse == 0.0 else 10.0 * math.log10(peak**2 / mse)
+
+
+def _ssim_map(t: torch.Tensor, r: torch.Tensor, data_range: float) -> torch.Tensor:
+    """SSIM at every window centre whose 7x7 window fits: ``(S, H, W)`` -> ``(S, H - 6, W - 6)``."""
+    n = SSIM_WINDOW**2
+    cov_norm = n / (n - 1)
+    stack = torch.stack([t, r, t * t, r * r, t * r], dim=1)  # (S, 5, H, W)
+    mu_t, mu_r, m_tt, m_rr, m_tr = F.avg_pool2d(stack, SSIM_WINDOW, stride=1).unbind(dim=1)
+    var_t = cov_norm * (m_tt - mu_t * mu_t)
+    var_r = cov_norm * (m_rr - mu_r * mu_r)
+    cov = cov_norm * (m_tr - mu_t * mu_r)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    num = (2 * mu_t * mu_r + c1) * (2 * cov + c2)
+    den = (mu_t * mu_t + mu_r * mu_r + c1) * (var_t + var_r + c2)
+    return num / den
+
+
+def ssim(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Structural similarity of magnitudes, per 2D slice then averaged (fastMRI / scikit-image defaults).
+
+    Slices smaller than the 7x7 window raise ValueError. With a mask, each slice's SSIM is the mean over the
+    window centres inside the mask, and slices with no such centre are left out of the average.
+    """
+    t, r, m = _prepare(target, recon, mask)
+    if min(t.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(t.shape)}")
+    data_range = float(_select(t, m).max())
+    t3, r3 = t.reshape(-1, *t.shape[-2:]), r.reshape(-1, *r.shape[-2:])
+    smap = _ssim_map(t3, r3, data_range)
+    if m is None:
+        return float(smap.mean(dim=(-2, -1)).mean())
+    pad = SSIM_WINDOW // 2
+    inside = m.reshape(-1, *m.shape[-2:])[:, pad:-pad, pad:-pad]
+    counts = inside.sum(dim=(-2, -1))
+    if not bool((counts > 0).any()):
+        raise ValueError("mask holds no pixel at least 3 pixels from the image border")
+    per_slice = (smap * inside).sum(dim=(-2, -1))[counts > 0] / counts[counts > 0]
+    return float(per_slice.mean())
+
+
+def evaluate(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> dict[str, float]:
+    """All four metrics as ``{"psnr": dB, "ssim": ..., "nmse": ..., "nrmse": ...}`` (Python floats)."""
+    return {
+        "psnr": psnr(target, recon, mask),
+        "ssim": ssim(target, recon, mask),
+        "nmse": nmse(target, recon, mask),
+        "nrmse": nrmse(target, recon, mask),
+    }
