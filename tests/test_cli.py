@@ -29,7 +29,7 @@ def test_every_command_and_option_has_help(capsys):
     assert {"demo", "simulate", "recon", "train", "models"} <= set(sub.choices)
     for name, p in sub.choices.items():
         for action in p._actions:
-            if action.dest not in ("help",) and not action.option_strings == []:
+            if action.dest != "help" and action.option_strings:
                 assert action.help, f"mrdpm {name} {action.option_strings} has no help"
         with pytest.raises(SystemExit):
             main([name, "--help"])
