@@ -168,8 +168,11 @@ def reconstruct_slice(denoiser: Callable, kspace: torch.Tensor, mask: torch.Tens
     result = posterior_samples(partial(spec.fn, progress=progress, **spec.options), denoiser, measurement,
                                (1, *kspace.shape[-2:]), settings.samples, sigmas, seed=settings.seed,
                                batch_size=settings.batch_size)
-    return PosteriorResult(result.mean[0] * scale, result.std[0] * scale, result.samples[:, 0] * scale, result.nfe,
-                           result.seconds, result.n_backward), scale
+    # Where every coil sensitivity is zero (outside ESPIRiT's crop) the data say nothing and the prior alone would
+    # fill in texture; the maps assert there is no signal there, so the reconstruction is zero, as for CG-SENSE/CS.
+    support = (maps.abs().square().sum(dim=0) > 0).to(result.std.dtype) * scale
+    return PosteriorResult(result.mean[0] * support, result.std[0] * support, result.samples[:, 0] * support,
+                           result.nfe, result.seconds, result.n_backward), scale
 
 
 def reconstruct_dpm(case: KSpaceCase, settings: DpmSettings, *, maps: torch.Tensor | None = None,
