@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.networks.nets import BasicUNet
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -45,7 +44,7 @@ from mrdpm.data.simulate import SimulationSettings, simulate_case
 from mrdpm.data.volumes import subject_id
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.classical import normalisation_scale, zero_filled
-from mrdpm.models.checkpoint import _atomic_write, _checkpoint_paths, _sha256
+from mrdpm.models.checkpoint import atomic_write, checkpoint_paths, load_verified_weights, sha256_file
 from mrdpm.models.precond import from_channels, to_channels
 from mrdpm.models.unet import crop_to, pad_to_multiple
 
@@ -221,10 +220,10 @@ def _mean_head(values: list[float]) -> float:
 
 
 def _save(model: SupervisedUNet, out_stem: Path, preset: str, training: dict[str, Any]) -> Path:
-    card_path, weights_path = _checkpoint_paths(out_stem)
+    card_path, weights_path = checkpoint_paths(out_stem)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     sim = training["simulation"]
     card = {
         "schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "name": card_path.stem,
@@ -236,11 +235,11 @@ def _save(model: SupervisedUNet, out_stem: Path, preset: str, training: dict[str
                          "residual": True, "spatial_multiple": SPATIAL_MULTIPLE},
         "input": "zero-filled SENSE-combined complex image (real, imaginary channels)",
         "target": "complex image", "intensity_normalisation": NORMALISATION,
-        "num_parameters": sum(v.numel() for v in state.values()), "weights_sha256": _sha256(weights_path),
+        "num_parameters": sum(v.numel() for v in state.values()), "weights_sha256": sha256_file(weights_path),
         "training": training,
     }
     text = json.dumps(card, indent=2) + "\n"
-    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return card_path
 
 
@@ -280,17 +279,8 @@ def load_supervised(path: str | Path, map_location: str | torch.device = "cpu") 
     MrdpmError
         Naming the file: pickle, missing file, bad card, hash mismatch, unreadable or mismatching weights.
     """
-    card_path, weights_path = _checkpoint_paths(path)
+    card_path, weights_path = checkpoint_paths(path)
     card = _read_card(card_path)
-    if not weights_path.is_file():
-        raise MrdpmError("weights file not found beside its card", path=weights_path)
-    if _sha256(weights_path) != card.get("weights_sha256"):
-        raise MrdpmError("sha256 of the weights does not match the card (corrupted or replaced file)",
-                         path=weights_path)
     model = SupervisedUNet(card["architecture"]["features"])
-    try:
-        model.load_state_dict(load_file(weights_path, device=str(map_location)), strict=True)
-    except (SafetensorError, RuntimeError) as err:
-        raise MrdpmError(f"weights unreadable or not matching the card's architecture: {err}",
-                         path=weights_path) from err
+    load_verified_weights(model, weights_path, card.get("weights_sha256"), map_location)
     return model.to(map_location).eval().requires_grad_(False), card

@@ -55,7 +55,7 @@ class ShippedModel:
     card: Path
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -67,7 +67,8 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -75,7 +76,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     """``(card, weights)`` paths of a checkpoint given as its card, its weights or its stem."""
     path = Path(path)
     if path.suffix.lower() in _PICKLE_SUFFIXES:
@@ -108,21 +109,21 @@ def save_checkpoint(denoiser: Denoiser, path_stem: str | Path, card_extra: dict[
     clash = _COMPUTED_KEYS & set(extra)
     if clash:
         raise ValueError(f"card_extra may not set computed card keys {sorted(clash)}")
-    card_path, weights_path = _checkpoint_paths(path_stem)
+    card_path, weights_path = checkpoint_paths(path_stem)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     config = denoiser.config
     card = {
         "schema_version": CARD_SCHEMA_VERSION, "name": card_path.stem, "summary": "",
         "mrdpm_version": __version__, "config": config.to_dict(), "parameterisation": config.parameterisation,
         "class_names": list(config.class_names), "num_parameters": sum(v.numel() for v in state.values()),
-        "weights_sha256": _sha256(weights_path), "intensity_normalisation": None, "training": None,
+        "weights_sha256": sha256_file(weights_path), "intensity_normalisation": None, "training": None,
         "resolution": None,
     }
     card.update(extra)
     text = json.dumps(card, indent=2) + "\n"
-    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return card_path
 
 
@@ -145,7 +146,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
         Naming the card if it is missing, not JSON, of an unknown schema version, missing keys, or holding an
         invalid or inconsistent config.
     """
-    card_path, _ = _checkpoint_paths(path)
+    card_path, _ = checkpoint_paths(path)
     if not card_path.is_file():
         raise MrdpmError("model card not found (a checkpoint is <stem>.json + <stem>.safetensors)", path=card_path)
     try:
@@ -191,23 +192,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         or replaced weights), unreadable weights, or weights that do not fit the card's architecture.
     """
     card = read_card(path)
-    _, weights_path = _checkpoint_paths(path)
+    _, weights_path = checkpoint_paths(path)
+    denoiser = Denoiser(DenoiserConfig.from_dict(card["config"]))
+    load_verified_weights(denoiser, weights_path, card["weights_sha256"], map_location)
+    return denoiser.to(map_location).eval(), card
+
+
+def load_verified_weights(module: torch.nn.Module, weights_path: Path, sha256: str | None,
+                          map_location: str | torch.device = "cpu") -> None:
+    """Load a safetensors file into ``module`` (strictly) after checking its sha256 against the card's.
+
+    Raises
+    ------
+    MrdpmError
+        Naming the file: missing, hash mismatch (corrupted or replaced), unreadable, or not fitting ``module``.
+    """
     if not weights_path.is_file():
         raise MrdpmError("weights file not found beside its model card", path=weights_path)
-    if _sha256(weights_path) != card["weights_sha256"]:
+    if sha256_file(weights_path) != sha256:
         raise MrdpmError("sha256 of the weights does not match the model card (corrupted or replaced file)",
                          path=weights_path)
-    denoiser = Denoiser(DenoiserConfig.from_dict(card["config"]))
     try:
         state = load_file(weights_path, device=str(map_location))
     except SafetensorError as err:
         raise MrdpmError(f"unreadable safetensors file: {err}", path=weights_path) from err
     try:
-        denoiser.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise MrdpmError(f"weights do not match the architecture in the model card: {err}",
                          path=weights_path) from err
-    return denoiser.to(map_location).eval(), card
 
 
 def _weights_dir() -> Path:
@@ -232,7 +245,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
     MrdpmError
         For a pickle, or when neither a checkpoint file nor a shipped model of that name exists.
     """
-    card_path, _ = _checkpoint_paths(name_or_path)
+    card_path, _ = checkpoint_paths(name_or_path)
     if card_path.is_file():
         return card_path
     shipped = list_models()
