@@ -12,11 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from mrdpm.cli import train_cmd
+from mrdpm.data.images import TrainingImages
 from mrdpm.data.phantoms import write_phantom_volumes
 from mrdpm.errors import MrdpmError
 from mrdpm.models.checkpoint import load_checkpoint
 from mrdpm.train.config import OptimConfig, config_from_dict, config_to_dict, load_config
 from mrdpm.train.loop import Trainer, step_seed, train
+from mrdpm.train.validate import validation_batch, validation_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -223,3 +225,29 @@ def test_ddp_two_processes_agree(phantoms, tmp_path):
     assert torch.equal(saved["model.net.out.2.conv.weight"], rank0["net.out.2.conv.weight"])
     assert saved["model.net.out.2.conv.weight"].abs().sum() > 0  # trained away from its zero init
     assert len(_losses(tmp_path / "run")) == 3
+
+
+def test_validation_on_held_out_subjects_is_logged_and_carded(phantoms, tmp_path):
+    config = config_from_dict(_table(phantoms, optim={"steps": 6}, run={"validate_every": 3}))
+    train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    val = [row for row in rows if "val_loss" in row]
+    assert [row["step"] for row in val] == [3, 6]
+    assert len([row for row in rows if "loss" in row]) == 6
+    assert all(math.isfinite(v) for row in val for v in row.values())
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["validation"]["subjects"] == ["phantom04"]
+    assert card["validation"]["last"] == val[-1]
+    assert card["training"]["loss"]["points"] == 6
+    # The batch is fixed: scoring the saved EMA model again gives the logged numbers.
+    denoiser, _ = load_checkpoint(tmp_path / "run" / "model.json")
+    again = validation_metrics(denoiser, validation_batch(config.data, seed=config.run.seed))
+    assert again == pytest.approx({k: v for k, v in val[-1].items() if k != "step"}, rel=1e-5)
+
+
+def test_held_out_split_reads_only_the_held_out_subjects(phantoms):
+    config = config_from_dict(_table(phantoms)).data
+    assert TrainingImages(config, split="held_out").subjects == {"ph": ("phantom04",)}
+    assert "phantom04" not in TrainingImages(config).subjects["ph"]
+    with pytest.raises(ValueError, match="split"):
+        TrainingImages(config, split="test")

@@ -98,6 +98,8 @@ class TrainingImages:
     ----------
     config
         The data description; relative paths are taken from the current directory.
+    split
+        ``"train"``: every subject but the held-out ones; ``"held_out"``: only the held-out subjects (validation).
 
     Raises
     ------
@@ -106,7 +108,9 @@ class TrainingImages:
         different shapes without a patch size, or a file whose type disagrees with ``config.image_type``.
     """
 
-    def __init__(self, config: DataConfig):
+    def __init__(self, config: DataConfig, split: str = "train"):
+        if split not in ("train", "held_out"):
+            raise ValueError(f"split must be 'train' or 'held_out', got {split!r}")
         self.config = config
         self.normalisation = PercentileNormalisation(config.percentile, config.normalisation)
         files = {s.name: expand_paths(s.paths, source=s.name) for s in config.sources}
@@ -119,12 +123,13 @@ class TrainingImages:
         self.pixel_sizes_mm: dict[str, set[tuple[float, ...]]] = {s.name: set() for s in config.sources}
         self._items: list[_Item] = []
         for source in config.sources:
-            kept = [f for f in files[source.name] if subject_id(f, config.subject_pattern) not in config.held_out]
+            kept = [f for f in files[source.name]
+                    if (subject_id(f, config.subject_pattern) in config.held_out) == (split == "held_out")]
             self.subjects[source.name] = tuple(dict.fromkeys(subject_id(f, config.subject_pattern) for f in kept))
             for path in kept:
                 self._items.extend(self._volume_items(path, source))
         if not self._items:
-            raise MrdpmError("no training image left: every slice is below min_foreground or held out")
+            raise MrdpmError(f"no {split} image left: every slice is below min_foreground or in the other split")
         self.image_shape = self._sample_shape()
         self._weights = torch.tensor([item.weight for item in self._items], dtype=torch.float64)
 

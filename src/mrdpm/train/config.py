@@ -150,6 +150,9 @@ class RunConfig:
         Steps between resumable checkpoints (one is also written when training stops).
     log_every
         Steps between lines of ``log.jsonl`` (each line averages the steps since the previous one).
+    validate_every
+        Steps between validations of the EMA denoiser on the held-out subjects (:mod:`mrdpm.train.validate`),
+        logged to ``log.jsonl`` and kept in the model card; 0, or no held-out subjects: none.
     device
         ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     precision
@@ -161,14 +164,15 @@ class RunConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
+    validate_every: int = 500
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     name: str = ""
 
     def __post_init__(self):
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError(f"checkpoint_every and log_every must be >= 1, got {self.checkpoint_every}, "
-                             f"{self.log_every}")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.validate_every < 0:
+            raise ValueError(f"checkpoint_every and log_every must be >= 1 and validate_every >= 0, got "
+                             f"{self.checkpoint_every}, {self.log_every}, {self.validate_every}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ exactly, and ``max_steps`` only decides where a call stops, never what a step do
 A run folder holds ``config.json`` (the resolved config), ``log.jsonl`` (one JSON line per ``log_every`` steps:
 step, loss, lr, grad_norm, seconds), ``state.safetensors`` (resumable state, written every ``checkpoint_every``
 steps and when a call stops) and ``model.safetensors`` + ``model.json``: the EMA denoiser with its model card.
+Every ``validate_every`` steps the EMA denoiser is scored on the held-out subjects (:mod:`mrdpm.train.validate`);
+those rows of ``log.jsonl`` hold ``step`` and ``val_loss`` / ``val_psnr@sigma`` instead of the training loss.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from mrdpm.train.distributed import (
 )
 from mrdpm.train.ema import make_ema, update_ema
 from mrdpm.train.state import load_training_state, save_training_state
+from mrdpm.train.validate import validation_batch, validation_metrics
 
 __all__ = ["RunSummary", "Trainer", "denoiser_config", "step_seed", "train"]
 
@@ -45,7 +48,8 @@ STATE_FILE = "state.safetensors"
 MODEL_STEM = "model"
 # Settings that may change between a run and its resumption (none alters what a step computes, except
 # optim.steps, which moves the end of a cosine schedule).
-RESUMABLE_CHANGES = frozenset({"run.checkpoint_every", "run.log_every", "run.device", "optim.steps"})
+RESUMABLE_CHANGES = frozenset({"run.checkpoint_every", "run.log_every", "run.validate_every", "run.device",
+                               "optim.steps"})
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -152,6 +156,8 @@ class Trainer:
             meta = load_training_state(state_path, model=self.model, ema=self.ema, optimizer=self.optimizer)
             self.step, self.seconds = int(meta["step"]), float(meta["seconds"])
             self._sums = torch.tensor(meta["sums"], dtype=torch.float64, device=self.dist.device)
+        validating = self.dist.is_main and config.run.validate_every > 0
+        self._validation = validation_batch(config.data, seed=config.run.seed) if validating else None
         if self.dist.is_main:
             self._prepare_folder(resuming)
         self._net = wrap_data_parallel(self.model, self.dist)
@@ -231,6 +237,8 @@ class Trainer:
             if self.step % cfg.run.log_every == 0:
                 row = self._log()
                 bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}")
+            if self._validation is not None and self.step % cfg.run.validate_every == 0:
+                self._append({"step": self.step, **validation_metrics(self.ema, self._validation)})
             if self.dist.is_main and (self.step % cfg.run.checkpoint_every == 0 or self.step == stop):
                 self._checkpoint()
         bar.close()
@@ -249,10 +257,14 @@ class Trainer:
                "grad_norm": grad_norm / count, "seconds": round(self.seconds, 3)}
         self._last_loss = row["loss"]
         if self.dist.is_main:
-            self._history.append(row)
-            with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            self._append(row)
         return row
+
+    def _append(self, row: dict[str, Any]) -> None:
+        """Keep a row and append it to log.jsonl (rank 0)."""
+        self._history.append(row)
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
     def _checkpoint(self) -> None:
         """Write the resumable state, then export the EMA denoiser with its card (rank 0)."""
@@ -265,7 +277,8 @@ class Trainer:
     def _card(self) -> dict[str, Any]:
         """Model-card entries describing this training run."""
         cfg, data = self.config, self.data.card()
-        losses = [row["loss"] for row in self._history]
+        losses = [row["loss"] for row in self._history if "loss" in row]
+        validations = [row for row in self._history if "val_loss" in row]
         n = max(1, len(losses) // 10)
         pixel_sizes = sorted({tuple(v) for s in data["sources"] for v in s["pixel_size_mm"]})
         sources = ", ".join(s.name for s in cfg.data.sources)
@@ -284,6 +297,13 @@ class Trainer:
                     "log_every": cfg.run.log_every, "first": float(np.mean(losses[:n])),
                     "last": float(np.mean(losses[-n:])), "min": min(losses), "points": len(losses)},
             },
+            "validation": None if not validations else {
+                "what": "weighted denoising loss and denoised PSNR (dB, peak 1) at fixed noise levels on fixed "
+                        "patches of the held-out subjects (mrdpm.train.validate)",
+                "subjects": list(self._validation.subjects) if self._validation is not None else [],
+                "every": cfg.run.validate_every, "last": validations[-1],
+                "best": min(validations, key=lambda row: row["val_loss"]),
+                "curve": [[row["step"], row["val_loss"]] for row in validations]},
         }
 
 
