@@ -1,6 +1,7 @@
 """The posterior-sampling reconstruction pipeline, with a tiny untrained prior (shapes, scaling, plumbing)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -60,3 +61,14 @@ def test_dpm_rejects_unknown_class_and_sampler(tiny_prior, case):
         reconstruct_dpm(case, DpmSettings(model=str(tiny_prior), class_name="FLAIR", nfe=2, samples=1))
     with pytest.raises(MrdpmError, match="sampler"):
         DpmSettings(sampler="nope")
+    with pytest.raises(MrdpmError, match=r"no option \['zeta'\]"):
+        DpmSettings(sampler="dds", sampler_options={"zeta": 1.0})
+    with pytest.raises(MrdpmError, match="measurement"):
+        DpmSettings(sampler="dds", sampler_options={"measurement": None})
+
+
+def test_sampler_options_reach_the_sampler(tiny_prior, case):
+    base = DpmSettings(model=str(tiny_prior), sampler="dds", nfe=3, samples=2, seed=1)
+    strong = reconstruct_dpm(case, base)
+    weak = reconstruct_dpm(case, replace(base, sampler_options={"lam": 1e4}))
+    assert not torch.allclose(strong.image, weak.image)

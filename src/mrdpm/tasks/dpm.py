@@ -8,10 +8,11 @@ batch, and their mean (the reconstruction) and per-pixel standard deviation are 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
@@ -58,6 +59,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 
+# Sampler keywords that reconstruct_slice sets itself.
+_SET_BY_PIPELINE = frozenset({"measurement", "generator", "callback", "progress"})
+
+
 @dataclass(frozen=True)
 class DpmSettings:
     """Settings of a posterior-sampling reconstruction.
@@ -82,6 +87,9 @@ class DpmSettings:
         Samples per network batch (all at once if None).
     sigma_max
         Largest noise level of the schedule, in normalised intensity units.
+    sampler_options
+        Overrides of the sampler's fixed options in :data:`SAMPLERS` (e.g. ``{"lam": 2.0}`` for DDS's
+        data-consistency weight); keys must be keyword arguments of the sampler function.
     """
 
     model: str = "ixi-t1-small"
@@ -93,10 +101,16 @@ class DpmSettings:
     guidance: float = 1.0
     batch_size: int | None = None
     sigma_max: float = 10.0
+    sampler_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise MrdpmError(f"unknown sampler {self.sampler!r}; choose from {sorted(SAMPLERS)}")
+        accepted = inspect.signature(SAMPLERS[self.sampler].fn).parameters
+        tunable = {k for k, v in accepted.items() if v.kind == v.KEYWORD_ONLY} - _SET_BY_PIPELINE
+        unknown = sorted(set(self.sampler_options) - tunable)
+        if unknown:
+            raise MrdpmError(f"sampler {self.sampler!r} has no option {unknown}")
         if self.nfe < 2 or self.samples < 1:
             raise MrdpmError(f"need nfe >= 2 and samples >= 1, got nfe={self.nfe}, samples={self.samples}")
 
@@ -165,7 +179,8 @@ def reconstruct_slice(denoiser: Callable, kspace: torch.Tensor, mask: torch.Tens
     spec = SAMPLERS[settings.sampler]
     measurement = Measurement(sense_operator(maps, mask), kspace / scale, noise_std / scale)
     sigmas = karras_sigmas(spec.steps_for_nfe(settings.nfe), 0.002, settings.sigma_max)
-    result = posterior_samples(partial(spec.fn, progress=progress, **spec.options), denoiser, measurement,
+    options = {**spec.options, **settings.sampler_options}
+    result = posterior_samples(partial(spec.fn, progress=progress, **options), denoiser, measurement,
                                (1, *kspace.shape[-2:]), settings.samples, sigmas, seed=settings.seed,
                                batch_size=settings.batch_size)
     # Where every coil sensitivity is zero (outside ESPIRiT's crop) the data say nothing and the prior alone would
