@@ -47,6 +47,9 @@ class ModelConfig:
         Noise range of ``edm``/``ve`` models; omitted: the defaults of mrdpm.models.DenoiserConfig.
     label_dropout
         Probability of replacing a class label by the null class during training (classifier-free guidance).
+    cond_dropout
+        Probability of replacing the condition image by zeros during training (paired data only; > 0 allows
+        classifier-free guidance on the condition).
     num_timesteps, beta_schedule, beta_start, beta_end
         Discrete schedule of ``vp``/``v`` models.
     """
@@ -57,6 +60,7 @@ class ModelConfig:
     sigma_min: float | None = None
     sigma_max: float | None = None
     label_dropout: float = 0.1
+    cond_dropout: float = 0.0
     num_timesteps: int = 1000
     beta_schedule: Literal["linear", "cosine"] = "linear"
     beta_start: float = 1e-4
@@ -67,8 +71,9 @@ class ModelConfig:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if not self.sigma_data > 0:
             raise ValueError(f"sigma_data must be positive, got {self.sigma_data}")
-        if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        for name in ("label_dropout", "cond_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,9 @@ def _convert(value: Any, hint: Any, key: str, path: Path | None) -> Any:
     """``value`` read from TOML, checked against the type ``hint`` and converted (lists -> tuples)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     wrong = MrdpmError(f"{key} must be {_type_name(hint)}, got {value!r}", path=path)
-    if origin in (typing.Union, types.UnionType):  # X | None: TOML has no null, so None only by omission
+    if origin in (typing.Union, types.UnionType):  # X | None: null comes from a dumped config.json, never TOML
+        if value is None and type(None) in args:
+            return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(value, inner, key, path)
     if origin is Literal:
@@ -243,13 +250,15 @@ def _resolve_sources(data: DataConfig, base_dir: Path) -> DataConfig:
     def resolve(p: str) -> str:
         return os.path.normpath(base_dir / os.path.expanduser(p))
 
-    sources = tuple(dataclasses.replace(s, paths=tuple(resolve(p) for p in s.paths)) for s in data.sources)
+    sources = tuple(dataclasses.replace(s, paths=tuple(map(resolve, s.paths)),
+                                        condition_paths=tuple(map(resolve, s.condition_paths)))
+                    for s in data.sources)
     return dataclasses.replace(data, sources=sources)
 
 
-def config_from_dict(table: dict, *, path: str | Path | None = None,
-                     base_dir: str | Path | None = None) -> TrainConfig:
-    """Build and check a TrainConfig from a parsed TOML/JSON table.
+def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: str | Path | None = None,
+                     resolve_paths: bool = True) -> TrainConfig:
+    """Build and check a TrainConfig from a parsed TOML/JSON table; missing keys take their defaults.
 
     Parameters
     ----------
@@ -259,6 +268,8 @@ def config_from_dict(table: dict, *, path: str | Path | None = None,
         The file it came from, named in error messages.
     base_dir
         Folder that relative source paths are resolved against (default: the current directory).
+    resolve_paths
+        False: keep source paths as written (reading back a run's ``config.json``, whose paths are final).
 
     Raises
     ------
@@ -267,6 +278,8 @@ def config_from_dict(table: dict, *, path: str | Path | None = None,
     """
     path = None if path is None else Path(path)
     config = _build(TrainConfig, table, "", path)
+    if not resolve_paths:
+        return config
     return dataclasses.replace(config, data=_resolve_sources(config.data, Path(base_dir or Path.cwd())))
 
 

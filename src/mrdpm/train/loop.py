@@ -30,7 +30,7 @@ from mrdpm.diffusion.losses import denoising_loss
 from mrdpm.errors import MrdpmError
 from mrdpm.models.checkpoint import save_checkpoint
 from mrdpm.models.precond import Denoiser, DenoiserConfig
-from mrdpm.train.config import TrainConfig, config_to_dict
+from mrdpm.train.config import TrainConfig, config_from_dict, config_to_dict
 from mrdpm.train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -58,12 +58,27 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def denoiser_config(config: TrainConfig, class_names: tuple[str, ...]) -> DenoiserConfig:
-    """The denoiser's config: architecture from ``config.model``, image type and classes from the data."""
+def denoiser_config(config: TrainConfig, class_names: tuple[str, ...], *, image_channels: int = 1,
+                    condition_channels: int = 0) -> DenoiserConfig:
+    """The denoiser's config: architecture from ``config.model``; image type, channels and classes from the data.
+
+    Parameters
+    ----------
+    config
+        The training config.
+    class_names
+        The data's class names (empty: no classes).
+    image_channels, condition_channels
+        Channels of the data's target and condition images (complex channels counted once; 0: no condition),
+        e.g. ``TrainingImages.image_channels`` and ``TrainingImages.condition_channels``.
+    """
     m = config.model
+    real_per_channel = 2 if config.data.is_complex else 1
     return DenoiserConfig(
-        preset=m.preset, spatial_dims=config.data.spatial_dims, image_channels=1,
-        complex_input=config.data.is_complex, class_names=class_names,
+        preset=m.preset, spatial_dims=config.data.spatial_dims, image_channels=image_channels,
+        complex_input=config.data.is_complex, cond_channels=condition_channels * real_per_channel,
+        cond_complex=config.data.is_complex and condition_channels > 0,
+        cond_dropout=m.cond_dropout if condition_channels else 0.0, class_names=class_names,
         label_dropout=m.label_dropout if class_names else 0.0, parameterisation=m.parameterisation,
         sigma_data=m.sigma_data, sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_timesteps=m.num_timesteps,
         beta_schedule=m.beta_schedule, beta_start=m.beta_start, beta_end=m.beta_end)
@@ -142,7 +157,9 @@ class Trainer:
             self._check_resumable()
         self.data = TrainingImages(config.data)
         torch.manual_seed(config.run.seed)
-        self.model = Denoiser(denoiser_config(config, self.data.class_names)).to(self.dist.device).train()
+        self.model = Denoiser(denoiser_config(config, self.data.class_names, image_channels=self.data.image_channels,
+                                              condition_channels=self.data.condition_channels))
+        self.model = self.model.to(self.dist.device).train()
         self.ema = make_ema(self.model)
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
@@ -163,11 +180,16 @@ class Trainer:
         self._net = wrap_data_parallel(self.model, self.dist)
 
     def _check_resumable(self) -> None:
+        """Refuse a config that differs from the run's saved one outside ``RESUMABLE_CHANGES``.
+
+        Keys missing from the saved ``config.json`` (a run saved before they existed) count as their defaults.
+        """
         saved_path = self.run_dir / "config.json"
         try:
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+            table = json.loads(saved_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise MrdpmError(f"cannot read the run's config: {err}", path=saved_path) from err
+        saved = config_to_dict(config_from_dict(table, path=saved_path, resolve_paths=False))
         new = config_to_dict(self.config)
         changed = sorted(f"{section}.{key}" for section in new for key in new[section]
                          if saved.get(section, {}).get(key) != new[section][key])
@@ -194,10 +216,11 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         batch = self.data.sample(cfg.optim.batch_size // self.dist.world_size, generator=generator)
         labels = None if batch.class_labels is None else batch.class_labels.to(device)
+        cond = None if batch.cond is None else batch.cond.to(device)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.optim.lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16"):
-            loss = denoising_loss(self._net, batch.images.to(device), class_labels=labels,
+            loss = denoising_loss(self._net, batch.images.to(device), class_labels=labels, cond=cond,
                                   generator=generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -282,11 +305,18 @@ class Trainer:
         n = max(1, len(losses) // 10)
         pixel_sizes = sorted({tuple(v) for s in data["sources"] for v in s["pixel_size_mm"]})
         sources = ", ".join(s.name for s in cfg.data.sources)
+        channels = f"{data['image_channels']}-channel " if data["image_channels"] > 1 else ""
+        condition = "" if data["condition"] is None else \
+            f" conditioned on {data['condition']['channels']}-channel images"
         return {
             "name": cfg.run.name or self.run_dir.resolve().name,
             "summary": (f"{cfg.model.preset} {cfg.model.parameterisation} prior, {cfg.data.spatial_dims}D "
-                        f"{cfg.data.image_type}, {self.step} steps on {sources}"),
-            "intensity_normalisation": self.data.normalisation.card(),
+                        f"{channels}{cfg.data.image_type}{condition}, {self.step} steps on {sources}"),
+            "intensity_normalisation": self.data.normalisation.card() | ({} if data["condition"] is None else {
+                "pair_scale": cfg.data.pair_scale,
+                "condition": {"target": "the condition is divided by its target's factor",
+                              "condition": "the target and its condition are divided by the condition's factor",
+                              "separate": "the condition is divided by its own factor"}[cfg.data.pair_scale]}),
             "resolution": {"image_shape": data["image_shape"], "pixel_size_mm": [list(p) for p in pixel_sizes]},
             "training": {
                 "data": data, "steps": self.step, "planned_steps": cfg.optim.steps,

@@ -39,6 +39,8 @@ class ValidationBatch:
         Standard noise of ``images``' shape and dtype.
     subjects
         The held-out subject IDs the images come from.
+    cond
+        ``(B * L, Cc, *spatial)`` condition images of paired data, or None.
     """
 
     images: torch.Tensor
@@ -46,6 +48,7 @@ class ValidationBatch:
     sigmas: torch.Tensor
     noise: torch.Tensor
     subjects: tuple[str, ...]
+    cond: torch.Tensor | None = None
 
 
 def validation_batch(config: DataConfig, n_images: int = 16, sigmas: tuple[float, ...] = VALIDATION_SIGMAS,
@@ -72,9 +75,10 @@ def validation_batch(config: DataConfig, n_images: int = 16, sigmas: tuple[float
     levels = len(sigmas)
     x0 = batch.images.repeat_interleave(levels, dim=0)
     labels = None if batch.class_labels is None else batch.class_labels.repeat_interleave(levels)
+    cond = None if batch.cond is None else batch.cond.repeat_interleave(levels, dim=0)
     sigma = torch.tensor(sigmas, dtype=torch.float32).repeat(n_images)
     subjects = tuple(dict.fromkeys(s for names in images.subjects.values() for s in names))
-    return ValidationBatch(x0, labels, sigma, standard_noise(x0, generator=generator), subjects)
+    return ValidationBatch(x0, labels, sigma, standard_noise(x0, generator=generator), subjects, cond)
 
 
 @torch.no_grad()
@@ -106,8 +110,10 @@ def validation_metrics(denoiser: Denoiser, batch: ValidationBatch, chunk: int = 
             part = slice(start, start + chunk)
             x0 = batch.images[part].to(device)
             labels = None if batch.class_labels is None else batch.class_labels[part].to(device)
+            cond = None if batch.cond is None else batch.cond[part].to(device)
             sigma = batch.sigmas[part].to(device)
-            loss = denoising_loss(denoiser, x0, class_labels=labels, sigma=sigma, noise=batch.noise[part].to(device))
+            loss = denoising_loss(denoiser, x0, class_labels=labels, cond=cond, sigma=sigma,
+                                  noise=batch.noise[part].to(device))
             losses.append(loss.cpu())
             # The loss averages over real channels; |x_hat - x|^2 of a complex pixel is twice that.
             channels = 2 if x0.is_complex() else 1
