@@ -1,5 +1,6 @@
 """The ``mrdpm`` command end to end: simulate -> recon, help texts, and errors that name the file."""
 
+import argparse
 import json
 
 import nibabel as nib
@@ -23,16 +24,24 @@ def volume_path(tmp_path):
     return path
 
 
+def _subcommands(parser, prefix=()):
+    """(words, parser) of every command and nested subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subcommands(sub, (*prefix, name))
+
+
 def test_every_command_and_option_has_help(capsys):
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"demo", "simulate", "recon", "train", "models"} <= set(sub.choices)
-    for name, p in sub.choices.items():
+    commands = dict(_subcommands(build_parser()))
+    assert {("demo",), ("simulate",), ("recon",), ("train",), ("models",), ("ulf", "simulate")} <= set(commands)
+    for words, p in commands.items():
         for action in p._actions:
             if action.dest != "help" and action.option_strings:
-                assert action.help, f"mrdpm {name} {action.option_strings} has no help"
+                assert action.help, f"mrdpm {' '.join(words)} {action.option_strings} has no help"
         with pytest.raises(SystemExit):
-            main([name, "--help"])
+            main([*words, "--help"])
         assert "usage: mrdpm" in capsys.readouterr().out
 
 

@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from mrdpm import __version__
-from mrdpm.cli import demo_cmd, models_cmd, recon_cmd, simulate_cmd, train_cmd
+from mrdpm.cli import demo_cmd, models_cmd, recon_cmd, simulate_cmd, train_cmd, ulf_cmd
 from mrdpm.errors import MrdpmError
 
 # Subcommand modules, in the order --help lists them. Each defines ``register(subparsers)`` which adds its
 # parser and sets ``func`` to a callable taking the parsed arguments and returning an exit code.
-_COMMAND_MODULES = (demo_cmd, simulate_cmd, recon_cmd, train_cmd, models_cmd)
+_COMMAND_MODULES = (demo_cmd, simulate_cmd, recon_cmd, train_cmd, models_cmd, ulf_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
