@@ -70,6 +70,7 @@ from mrdpm.eval.supervised import UNET_PRESETS, load_supervised, train_supervise
 from mrdpm.io import KSpaceCase, read_image, read_kspace
 from mrdpm.models.checkpoint import read_card, resolve_model
 from mrdpm.physics.espirit import espirit_maps
+from mrdpm.physics.fft import ifftnc
 from mrdpm.physics.masks import make_mask
 from mrdpm.tasks.accel import ReconResult, coil_maps, reconstruct
 from mrdpm.tasks.dpm import SAMPLERS, DpmSettings, reconstruct_dpm
@@ -82,6 +83,7 @@ SLICE_SPACING_MM = 12.0  # between the chosen slices of a subject
 FOREGROUND_LEVEL, MIN_FOREGROUND = 0.1, 0.15
 REAL_FILE, PROSPECTIVE_FILE = "kspace/brain_16coil_96x96_full.npy", "kspace/brain_8coil_poisson8x.npy"
 REAL_MASKS = "gaussian1d:4,gaussian1d:8"
+BACKGROUND_CORNER = 8  # pixels: the corners of the real 96x96 slice's field of view are air
 FIGURE_METHODS = ("zf", "cs-tv", "cs-wavelet", "unet")
 CASES = ("ixi", "real", "prospective")
 # Settings that must agree between a run and the results it resumes.
@@ -250,15 +252,31 @@ def ixi_items(args: argparse.Namespace, slices: dict, mask: MaskSpec) -> list[It
     return items
 
 
+def background_noise_std(kspace: torch.Tensor, corner: int = BACKGROUND_CORNER) -> float:
+    """Noise std per complex k-space sample, from the image corners (air) of fully sampled k-space.
+
+    The four ``corner`` x ``corner`` corners of the coil images of ``kspace`` ``(..., coils, H, W)``; the FFT is
+    orthonormal, so the noise std is the same in image and k-space.
+    """
+    images = ifftnc(kspace, 2)
+    c = corner
+    air = torch.cat([images[..., :c, :c], images[..., :c, -c:], images[..., -c:, :c], images[..., -c:, -c:]], dim=-1)
+    return float(air.abs().square().mean().sqrt())
+
+
 def real_items(args: argparse.Namespace, full: KSpaceCase, maps: torch.Tensor) -> list[Item]:
     reference = zero_filled(full.kspace, maps)
+    # The noise level as a noise pre-scan would give it; estimating it from the undersampled k-space's edge fails
+    # at 96x96 (the edge still holds signal), see mrdpm.tasks.dpm.estimate_noise_std.
+    noise_std = background_noise_std(full.kspace)
     items = []
     for mask in map(MaskSpec.parse, _csv(REAL_MASKS)):
         for j in range(args.real_mask_seeds):
             sampling = make_mask(mask.kind, tuple(full.kspace.shape[-2:]), mask.acceleration,
                                  center_fraction=mask.center_fraction, seed=args.seed + j)
             case = KSpaceCase(kspace=full.kspace * sampling.mask, mask=sampling.mask, target=reference, maps=maps,
-                              attrs={"achieved_acceleration": sampling.achieved_acceleration})
+                              attrs={"achieved_acceleration": sampling.achieved_acceleration,
+                                     "noise_std": noise_std})
             items.append(Item("real", mask, f"brain_16coil_96x96/mask-seed-{args.seed + j}", case, maps, j == 0))
     return items
 

@@ -72,3 +72,5 @@ def test_sampler_options_reach_the_sampler(tiny_prior, case):
     strong = reconstruct_dpm(case, base)
     weak = reconstruct_dpm(case, replace(base, sampler_options={"lam": 1e4}))
     assert not torch.allclose(strong.image, weak.image)
+    assert strong.info["noise_source"] == "file"
+    assert strong.info["noise_std"] == [case.attrs["noise_std"]] * case.n_slices

@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     dpm.add_argument("--guidance", type=positive_float, default=defaults.guidance,
                      help="classifier-free guidance weight (default 1: plain conditional)")
     dpm.add_argument("--keep-samples", action="store_true", help="also write every sample to samples.npy")
+    dpm.add_argument("--noise-std", type=positive_float, default=None,
+                     help="noise std per complex k-space sample, in the file's units (e.g. from a noise scan or the "
+                          "background of a fully sampled image); default: the file's noise_std attribute, else an "
+                          "estimate from the outer k-space, which overestimates it at low resolution where the "
+                          "k-space edge still holds signal")
     p.add_argument("--slices", type=slice_range, default=None, help="slice range a:b to reconstruct, default all")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if args.slices is not None:
         case = case.select_slices(args.slices)
     if args.method == "dpm":
+        if args.noise_std is not None:
+            case.attrs["noise_std"] = args.noise_std
         settings = DpmSettings(model=args.model, sampler=args.sampler, nfe=args.nfe, samples=args.samples,
                                seed=args.seed, guidance=args.guidance,
                                class_name=None if args.class_name.lower() == "none" else args.class_name)
