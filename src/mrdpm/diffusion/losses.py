@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from mrdpm.models.precond import Denoiser
 
 __all__ = ["P_MEAN", "P_STD", "denoising_loss", "loss_weight", "sample_sigma_discrete", "sample_sigma_log_uniform",
-           "sample_sigma_lognormal", "sample_training_sigma", "standard_noise"]
+           "sample_sigma_lognormal", "sample_training_sigma", "standard_noise", "training_prediction",
+           "weighted_denoising_error"]
 
 P_MEAN, P_STD = -1.2, 1.2  # EDM's training noise distribution (Karras et al. 2022, Table 1)
 
@@ -93,10 +94,11 @@ def standard_noise(like: torch.Tensor, *, generator: torch.Generator | None = No
     return torch.view_as_complex(z) if like.is_complex() else z.to(like.dtype)
 
 
-def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, *, class_labels: torch.Tensor | None = None,
-                   cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                   sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample weighted denoising loss, equal to the native loss of the denoiser's parameterisation.
+def training_prediction(denoiser: Denoiser, x0: torch.Tensor, *, class_labels: torch.Tensor | None = None,
+                        cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                        sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise clean images at training noise levels and denoise them: ``(D(x0 + sigma n, sigma), sigma)``.
 
     Parameters
     ----------
@@ -113,8 +115,8 @@ def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, *, class_labels: torch.
 
     Returns
     -------
-    torch.Tensor
-        float32 ``(B,)``: ``lambda(sigma) * mean |D(x0 + sigma n) - x0|^2`` over the real channels and voxels.
+    (torch.Tensor, torch.Tensor)
+        ``x0_hat`` of ``x0``'s shape and dtype, and the float32 ``(B,)`` noise levels used.
     """
     batch = x0.shape[0]
     if sigma is None:
@@ -122,7 +124,29 @@ def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, *, class_labels: torch.
     if noise is None:
         noise = standard_noise(x0, generator=generator)
     view = (batch,) + (1,) * (x0.dim() - 1)
-    x0_hat = denoiser(x0 + sigma.view(view) * noise, sigma, class_labels=class_labels, cond=cond)
+    return denoiser(x0 + sigma.view(view) * noise, sigma, class_labels=class_labels, cond=cond), sigma
+
+
+def weighted_denoising_error(x0_hat: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, parameterisation: str,
+                             sigma_data: float = 0.5) -> torch.Tensor:
+    """``lambda(sigma) * mean |x0_hat - x0|^2`` over the real channels and voxels: float32 ``(B,)``."""
     err = torch.view_as_real(x0_hat - x0) if x0.is_complex() else x0_hat - x0
-    per_sample = err.square().flatten(1).mean(dim=1)
-    return loss_weight(denoiser.config.parameterisation, sigma, denoiser.config.sigma_data) * per_sample
+    return loss_weight(parameterisation, sigma, sigma_data) * err.square().flatten(1).mean(dim=1)
+
+
+def denoising_loss(denoiser: Denoiser, x0: torch.Tensor, *, class_labels: torch.Tensor | None = None,
+                   cond: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample weighted denoising loss, equal to the native loss of the denoiser's parameterisation.
+
+    ``weighted_denoising_error`` of ``training_prediction``; the parameters are those of
+    ``training_prediction``.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``(B,)``: ``lambda(sigma) * mean |D(x0 + sigma n) - x0|^2`` over the real channels and voxels.
+    """
+    x0_hat, sigma = training_prediction(denoiser, x0, class_labels=class_labels, cond=cond, generator=generator,
+                                        sigma=sigma, noise=noise)
+    return weighted_denoising_error(x0_hat, x0, sigma, denoiser.config.parameterisation, denoiser.config.sigma_data)

@@ -1,8 +1,9 @@
 """Training configuration: typed, frozen dataclasses read from a TOML file and dumped as JSON into the run.
 
 A config file has the sections ``[data]`` (with ``[[data.sources]]`` tables; see mrdpm.data.config.DataConfig),
-``[model]``, ``[optim]`` and ``[run]``; every key is optional except ``data.sources``. Unknown keys and wrong
-types are errors naming the file and the key. Relative source paths are taken from the config file's folder.
+``[model]``, ``[optim]``, ``[run]`` and ``[perceptual]``; every key is optional except ``data.sources``. Unknown
+keys and wrong types are errors naming the file and the key. Relative source paths (and the perceptual encoder's
+path) are taken from the config file's folder.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "config_from_dict", "config_to_dict",
-           "load_config"]
+__all__ = ["ModelConfig", "OptimConfig", "PerceptualConfig", "RunConfig", "TrainConfig", "config_from_dict",
+           "config_to_dict", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,32 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class PerceptualConfig:
+    """An optional perceptual loss term (MRIQT): ``weight * abar(sigma) * P(x0_hat, x0)``, skipped at low SNR.
+
+    ``P`` is mrdpm.diffusion.perceptual.perceptual_distance in the features of a frozen encoder
+    (mrdpm.models.autoencoder; ``mrdpm train CONFIG --train-encoder`` trains one on the config's target images).
+
+    Attributes
+    ----------
+    encoder
+        Card (``.json``) of the encoder; empty: no perceptual term.
+    weight
+        Scale of the term (MRIQT: 0.25).
+    min_snr
+        The term is skipped for noise levels whose ``SNR = 1 / sigma^2`` is below this (MRIQT: 0.15).
+    """
+
+    encoder: str = ""
+    weight: float = 0.25
+    min_snr: float = 0.15
+
+    def __post_init__(self):
+        if not (self.weight >= 0 and self.min_snr >= 0):
+            raise ValueError(f"weight and min_snr must be >= 0, got {self.weight}, {self.min_snr}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs."""
 
@@ -188,6 +215,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
 
 
 def _type_name(hint: Any) -> str:
@@ -245,15 +273,17 @@ def _build(cls: type, table: dict, where: str, path: Path | None) -> Any:
         raise MrdpmError(f"[{where or 'config'}] {err}", path=path) from None
 
 
-def _resolve_sources(data: DataConfig, base_dir: Path) -> DataConfig:
-    """Source paths made absolute against ``base_dir`` (glob characters kept)."""
+def _resolve_paths(config: TrainConfig, base_dir: Path) -> TrainConfig:
+    """Source paths (glob characters kept) and the perceptual encoder's path made absolute against ``base_dir``."""
     def resolve(p: str) -> str:
         return os.path.normpath(base_dir / os.path.expanduser(p))
 
     sources = tuple(dataclasses.replace(s, paths=tuple(map(resolve, s.paths)),
                                         condition_paths=tuple(map(resolve, s.condition_paths)))
-                    for s in data.sources)
-    return dataclasses.replace(data, sources=sources)
+                    for s in config.data.sources)
+    encoder = config.perceptual.encoder and resolve(config.perceptual.encoder)
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, sources=sources),
+                               perceptual=dataclasses.replace(config.perceptual, encoder=encoder))
 
 
 def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: str | Path | None = None,
@@ -263,11 +293,11 @@ def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: s
     Parameters
     ----------
     table
-        ``{"data": {...}, "model": {...}, "optim": {...}, "run": {...}}``.
+        ``{"data": {...}, "model": {...}, "optim": {...}, "run": {...}, "perceptual": {...}}``.
     path
         The file it came from, named in error messages.
     base_dir
-        Folder that relative source paths are resolved against (default: the current directory).
+        Folder that relative source and encoder paths are resolved against (default: the current directory).
     resolve_paths
         False: keep source paths as written (reading back a run's ``config.json``, whose paths are final).
 
@@ -280,7 +310,7 @@ def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: s
     config = _build(TrainConfig, table, "", path)
     if not resolve_paths:
         return config
-    return dataclasses.replace(config, data=_resolve_sources(config.data, Path(base_dir or Path.cwd())))
+    return _resolve_paths(config, Path(base_dir or Path.cwd()))
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -6,7 +6,8 @@ Every random draw of step ``k`` (1-based) comes from a seed derived from ``(run.
 exactly, and ``max_steps`` only decides where a call stops, never what a step does.
 
 A run folder holds ``config.json`` (the resolved config), ``log.jsonl`` (one JSON line per ``log_every`` steps:
-step, loss, lr, grad_norm, seconds), ``state.safetensors`` (resumable state, written every ``checkpoint_every``
+step, loss, lr, grad_norm, seconds, and ``perceptual``, the part of the loss from the perceptual term, when
+``[perceptual]`` names an encoder), ``state.safetensors`` (resumable state, written every ``checkpoint_every``
 steps and when a call stops) and ``model.safetensors`` + ``model.json``: the EMA denoiser with its model card.
 Every ``validate_every`` steps the EMA denoiser is scored on the held-out subjects (:mod:`mrdpm.train.validate`);
 those rows of ``log.jsonl`` hold ``step`` and ``val_loss`` / ``val_psnr@sigma`` instead of the training loss.
@@ -26,8 +27,10 @@ from tqdm import tqdm
 
 from mrdpm import __version__
 from mrdpm.data.images import TrainingImages
-from mrdpm.diffusion.losses import denoising_loss
+from mrdpm.diffusion.losses import training_prediction, weighted_denoising_error
+from mrdpm.diffusion.perceptual import snr_weighted_perceptual
 from mrdpm.errors import MrdpmError
+from mrdpm.models.autoencoder import FeatureAutoencoder, load_autoencoder
 from mrdpm.models.checkpoint import save_checkpoint
 from mrdpm.models.precond import Denoiser, DenoiserConfig
 from mrdpm.train.config import TrainConfig, config_from_dict, config_to_dict
@@ -136,6 +139,8 @@ class Trainer:
     ----------
     model, ema : Denoiser
         The trained denoiser and its moving average (unwrapped).
+    encoder : FeatureAutoencoder or None
+        The frozen perceptual encoder (``config.perceptual.encoder``), None without a perceptual term.
     step : int
         Steps completed.
     """
@@ -156,6 +161,7 @@ class Trainer:
         if resuming:
             self._check_resumable()
         self.data = TrainingImages(config.data)
+        self.encoder, self._encoder_card = self._load_encoder()
         torch.manual_seed(config.run.seed)
         self.model = Denoiser(denoiser_config(config, self.data.class_names, image_channels=self.data.image_channels,
                                               condition_channels=self.data.condition_channels))
@@ -165,13 +171,17 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.step, self.seconds = 0, 0.0
-        # Running sums since the last log line (loss, grad norm, steps), kept on the device: no per-step sync.
-        self._sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
+        # Running sums since the last log line (loss, grad norm, [perceptual part], steps), kept on the device: no
+        # per-step sync.
+        self._sums = torch.zeros(3 + (self.encoder is not None), dtype=torch.float64, device=self.dist.device)
         self._history: list[dict[str, Any]] = []  # logged rows (rank 0)
         self._last_loss: float | None = None
         if resuming:
             meta = load_training_state(state_path, model=self.model, ema=self.ema, optimizer=self.optimizer)
             self.step, self.seconds = int(meta["step"]), float(meta["seconds"])
+            if meta.get("perceptual_encoder_sha256") != self._encoder_sha256:
+                raise MrdpmError("the perceptual encoder's weights differ from those the run was trained with",
+                                 path=config.perceptual.encoder or None)
             self._sums = torch.tensor(meta["sums"], dtype=torch.float64, device=self.dist.device)
         validating = self.dist.is_main and config.run.validate_every > 0
         self._validation = validation_batch(config.data, seed=config.run.seed) if validating else None
@@ -198,6 +208,23 @@ class Trainer:
             raise MrdpmError(f"config differs from the run's saved config in {changed}; resuming needs the same "
                              "settings (start a new run folder instead)", path=saved_path)
 
+    def _load_encoder(self) -> tuple[FeatureAutoencoder | None, dict[str, Any] | None]:
+        """The frozen perceptual encoder and its card, checked against the data; ``(None, None)`` if unset."""
+        path = self.config.perceptual.encoder
+        if not path:
+            return None, None
+        encoder, card = load_autoencoder(path, map_location=self.dist.device)
+        dims, channels = len(self.data.image_shape), self.data.image_channels
+        if (encoder.config.spatial_dims, encoder.config.in_channels) != (dims, channels):
+            raise MrdpmError(f"perceptual encoder takes {encoder.config.spatial_dims}D images of "
+                             f"{encoder.config.in_channels} channels but the data are {dims}D with {channels}",
+                             path=path)
+        return encoder, card
+
+    @property
+    def _encoder_sha256(self) -> str | None:
+        return None if self._encoder_card is None else self._encoder_card["weights_sha256"]
+
     def _prepare_folder(self, resuming: bool) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(config_to_dict(self.config), indent=2) + "\n",
@@ -209,7 +236,7 @@ class Trainer:
         log.write_text("".join(json.dumps(row) + "\n" for row in self._history), encoding="utf-8")
 
     def _train_step(self, step: int) -> torch.Tensor:
-        """One optimiser step; returns ``[loss, grad_norm, 1]`` (loss and norm averaged over processes)."""
+        """One optimiser step: ``[loss, grad_norm, (perceptual part,) 1]``, averaged over processes."""
         cfg, device = self.config, self.dist.device
         seed = step_seed(cfg.run.seed, step, self.dist.rank)
         torch.manual_seed(seed)  # label dropout inside the denoiser
@@ -219,16 +246,21 @@ class Trainer:
         cond = None if batch.cond is None else batch.cond.to(device)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.optim.lr_at(step)
+        x0, model_cfg, p = batch.images.to(device), self.model.config, cfg.perceptual
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16"):
-            loss = denoising_loss(self._net, batch.images.to(device), class_labels=labels, cond=cond,
-                                  generator=generator).mean()
+            x0_hat, sigma = training_prediction(self._net, x0, class_labels=labels, cond=cond, generator=generator)
+            loss = weighted_denoising_error(x0_hat, x0, sigma, model_cfg.parameterisation, model_cfg.sigma_data).mean()
+            parts = [] if self.encoder is None else [snr_weighted_perceptual(
+                self.encoder, x0_hat, x0, sigma, weight=p.weight, min_snr=p.min_snr).mean()]
+        if parts:
+            loss = loss + parts[0]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         update_ema(self.ema, self.model, cfg.optim.ema_decay_at(step))
-        stats = all_reduce_mean(torch.stack([loss.detach().float(), grad_norm.detach().float()]), self.dist)
+        stats = all_reduce_mean(torch.stack([v.detach().float() for v in (loss, grad_norm, *parts)]), self.dist)
         return torch.cat([stats.double(), stats.new_ones(1, dtype=torch.float64)])
 
     def run(self, max_steps: int | None = None, *, progress: bool = True) -> RunSummary:
@@ -271,13 +303,15 @@ class Trainer:
 
     def _log(self) -> dict[str, Any]:
         """Close a logging interval: a row of mean loss and grad norm (rank 0 appends it to log.jsonl)."""
-        loss, grad_norm, count = self._sums.tolist()
+        loss, grad_norm, *parts, count = self._sums.tolist()
         self._sums.zero_()
         if not (np.isfinite(loss) and np.isfinite(grad_norm)):
             raise MrdpmError(f"training diverged at step {self.step} (loss {loss}, grad norm {grad_norm}): "
                              "lower optim.lr or set optim.grad_clip", path=self.run_dir)
         row = {"step": self.step, "loss": loss / count, "lr": self.config.optim.lr_at(self.step),
                "grad_norm": grad_norm / count, "seconds": round(self.seconds, 3)}
+        if parts:
+            row["perceptual"] = parts[0] / count
         self._last_loss = row["loss"]
         if self.dist.is_main:
             self._append(row)
@@ -292,7 +326,7 @@ class Trainer:
     def _checkpoint(self) -> None:
         """Write the resumable state, then export the EMA denoiser with its card (rank 0)."""
         meta = {"step": self.step, "seconds": self.seconds, "sums": self._sums.tolist(),
-                "mrdpm_version": __version__}
+                "perceptual_encoder_sha256": self._encoder_sha256, "mrdpm_version": __version__}
         save_training_state(self.run_dir / STATE_FILE, model=self.model, ema=self.ema,
                             optimizer=self.optimizer, meta=meta)
         save_checkpoint(self.ema, self.run_dir / MODEL_STEM, self._card())
@@ -323,6 +357,13 @@ class Trainer:
                 "batch_size": cfg.optim.batch_size, "processes": self.dist.world_size, "seed": cfg.run.seed,
                 "seconds": round(self.seconds, 1), "optim": dataclasses.asdict(cfg.optim),
                 "weights": "exponential moving average",
+                "perceptual": None if self._encoder_card is None else {
+                    "what": "loss += weight * abar(sigma) * feature distance of a frozen encoder "
+                            "(mrdpm.diffusion.perceptual), skipped where SNR = 1/sigma^2 < min_snr; "
+                            "the logged loss includes it",
+                    "encoder": cfg.perceptual.encoder, "encoder_name": self._encoder_card["name"],
+                    "encoder_sha256": self._encoder_sha256, "weight": cfg.perceptual.weight,
+                    "min_snr": cfg.perceptual.min_snr},
                 "loss": None if not losses else {
                     "log_every": cfg.run.log_every, "first": float(np.mean(losses[:n])),
                     "last": float(np.mean(losses[-n:])), "min": min(losses), "points": len(losses)},
