@@ -1,19 +1,23 @@
-"""``mrdpm ulf``: ultra-low-field simulation from high-field volumes (physics model or measured transfer function)."""
+"""``mrdpm ulf``: ultra-low-field simulation, paired training data, and quality transfer with a diffusion model."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from mrdpm.cli.options import positive_float
+from mrdpm.cli.options import positive_float, positive_int
+from mrdpm.data.ulf_pairs import FORMATS, make_ulf_pairs
 from mrdpm.errors import MrdpmError
+from mrdpm.eval.figures import save_panels
 from mrdpm.io.containers import Volume
 from mrdpm.io.nifti import write_nifti
 from mrdpm.io.read import read_image
+from mrdpm.models.checkpoint import resolve_model
 from mrdpm.physics.lowfield import (
     LowFieldSettings,
     apply_transfer_function,
@@ -23,6 +27,8 @@ from mrdpm.physics.lowfield import (
     save_transfer_function,
     simulate_low_field,
 )
+from mrdpm.tasks.dpm import load_prior
+from mrdpm.tasks.ulf import enhance, orthogonal_mosaic
 
 
 def _voxel(text: str) -> tuple[float, float, float]:
@@ -37,6 +43,61 @@ def _voxel(text: str) -> tuple[float, float, float]:
 
 def _paths(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
+
+
+def _voxel_or_iso(text: str) -> tuple[float, float, float]:
+    if "," in text:
+        return _voxel(text)
+    return _voxel(",".join([text] * 3))
+
+
+def _voxel_or_iso_int(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in (text.split(",") if "," in text else [text] * 3))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer or three D,H,W, got {text!r}")
+    return values
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_physics_options(p: argparse.ArgumentParser) -> None:
+    """The parametric simulator's options (:class:`LowFieldSettings`), shared by ``simulate`` and ``make-pairs``."""
+    p.add_argument("--field-t", type=positive_float, default=0.064, help="low field in tesla (default 0.064)")
+    p.add_argument("--voxel-mm", type=_voxel, default=(5.0, 1.6, 1.6),
+                   help="acquired voxel size D,H,W in mm, array order (axial slices along D); default 5,1.6,1.6")
+    p.add_argument("--slice-axis", choices=("0", "1", "2", "none"), default="0",
+                   help="axis acquired as thick 2D slices, or 'none' for a 3D acquisition (default 0)")
+    p.add_argument("--snr-db", type=float, default=20.0,
+                   help="foreground-mean SNR in dB (default 20); see --snr-from-field")
+    p.add_argument("--snr-from-field", action="store_true",
+                   help="scale the SNR from the high-field input (taken as 40 dB at 3 T) by B0^1.75 and voxel volume")
+    p.add_argument("--no-noise", action="store_true", help="no noise: the degraded image only")
+    p.add_argument("--contrast", choices=("T1w", "T2w"), default=None,
+                   help="re-synthesise this contrast at --field-t from --labels (default: keep the input's)")
+    p.add_argument("--tissue-kind", choices=("neonatal", "adult"), default="neonatal",
+                   help="label set of --labels: the neonatal atlas' 9 tissues or adult CSF/GM/WM (default neonatal)")
+
+
+def _physics_settings(args: argparse.Namespace) -> LowFieldSettings:
+    return LowFieldSettings(
+        field_t=args.field_t, voxel_mm=args.voxel_mm, slice_axis=None if args.slice_axis == "none" else
+        int(args.slice_axis), noise=not args.no_noise, snr_db=None if args.snr_from_field else args.snr_db,
+        contrast=args.contrast, tissue_kind=args.tissue_kind)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,21 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "input grid with the input's affine.")
     s.add_argument("image", help="high-field magnitude volume (NIfTI, .npy or DICOM)")
     s.add_argument("-o", "--output", required=True, help="output NIfTI (.nii.gz)")
-    s.add_argument("--field-t", type=positive_float, default=0.064, help="low field in tesla (default 0.064)")
-    s.add_argument("--voxel-mm", type=_voxel, default=(5.0, 1.6, 1.6),
-                   help="acquired voxel size D,H,W in mm, array order (axial slices along D); default 5,1.6,1.6")
-    s.add_argument("--slice-axis", choices=("0", "1", "2", "none"), default="0",
-                   help="axis acquired as thick 2D slices, or 'none' for a 3D acquisition (default 0)")
-    s.add_argument("--snr-db", type=float, default=20.0,
-                   help="foreground-mean SNR in dB (default 20); see --snr-from-field")
-    s.add_argument("--snr-from-field", action="store_true",
-                   help="scale the SNR from the high-field input (taken as 40 dB at 3 T) by B0^1.75 and voxel volume")
-    s.add_argument("--no-noise", action="store_true", help="no noise: the degraded image only")
-    s.add_argument("--contrast", choices=("T1w", "T2w"), default=None,
-                   help="re-synthesise this contrast at --field-t from --labels (default: keep the input's)")
+    _add_physics_options(s)
     s.add_argument("--labels", default=None, help="tissue label volume on the input grid (needed by --contrast)")
-    s.add_argument("--tissue-kind", choices=("neonatal", "adult"), default="neonatal",
-                   help="label set of --labels: the neonatal atlas' 9 tissues or adult CSF/GM/WM (default neonatal)")
     s.add_argument("--transfer-function", default=None,
                    help="apply this measured transfer function (.npy/.safetensors from `ulf fit-transfer`) instead "
                         "of the physics model")
@@ -85,6 +133,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("-o", "--output", required=True, help="output .npy or .safetensors")
     f.add_argument("--eps", type=positive_float, default=1e-3, help="regulariser of the division (default 1e-3)")
     f.set_defaults(func=run_fit)
+    _register_make_pairs(ulf)
+    _register_enhance(ulf)
+
+
+def _register_make_pairs(ulf: argparse._SubParsersAction) -> None:
+    m = ulf.add_parser(
+        "make-pairs", help="simulate low-field twins of high-field volumes: a paired training set",
+        description="For each high-field volume, simulate its low-field twin with the physics model on the input "
+                    "grid, resample both to --out-voxel-mm (band-limited Fourier resampling), and write "
+                    "<stem>_hf and <stem>_lf volumes plus a manifest ulf_pairs.json (settings, seeds, subjects, "
+                    "held-out split) into the output folder. Train on them with a config like configs/ulf-small.toml.")
+    m.add_argument("images", nargs="+", help="high-field magnitude volumes (NIfTI, .npy or DICOM)")
+    m.add_argument("-o", "--output-dir", required=True, help="folder for the pairs and the manifest (created)")
+    m.add_argument("--labels", nargs="+", default=None,
+                   help="tissue label volumes, one per image in the same order, each on its image's grid "
+                        "(needed by --contrast)")
+    m.add_argument("--out-voxel-mm", type=_voxel_or_iso, default=None,
+                   help="training voxel size in mm: one number (isotropic) or D,H,W (default: keep each input's grid)")
+    m.add_argument("--held-out", type=_paths, default=[],
+                   help="subject IDs kept for evaluation, comma-separated (recorded in the manifest; list them in "
+                        "the training config's held_out)")
+    m.add_argument("--format", choices=sorted(FORMATS), default="nifti",
+                   help="nifti (.nii.gz, geometry kept; default) or npy (arrays only)")
+    _add_physics_options(m)
+    m.add_argument("--seed", type=int, default=0, help="noise seed; each subject's is derived from it (default 0)")
+    m.set_defaults(func=run_make_pairs)
+
+
+def _register_enhance(ulf: argparse._SubParsersAction) -> None:
+    e = ulf.add_parser(
+        "enhance", help="estimate a high-field volume from a low-field one with a conditional diffusion model",
+        description="Noise the low-field volume to --strength of the diffusion, then denoise it with DDIM and the "
+                    "conditional 3D model (sliding 3D windows, classifier-free guidance on the low-field "
+                    "condition), --samples times. Writes the mean to OUTPUT, the voxel-wise standard deviation to "
+                    "<stem>_std.nii.gz and a figure of orthogonal slices (low field / mean / std) to <stem>.png, "
+                    "all with the input's geometry.")
+    e.add_argument("image", help="low-field magnitude volume (NIfTI, .npy or DICOM)")
+    e.add_argument("-o", "--output", required=True, help="output NIfTI of the mean (.nii.gz or .nii)")
+    e.add_argument("--model", required=True,
+                   help="conditional 3D model: checkpoint card (.json), weights (.safetensors), stem, or shipped name")
+    e.add_argument("--strength", type=_unit_float, default=0.65,
+                   help="fraction of the diffusion the input is noised through, 0..1 (default 0.65, as MRIQT)")
+    e.add_argument("--steps", type=positive_int, default=20,
+                   help="DDIM steps from that noise level to 0 (default 20; at most strength * T)")
+    e.add_argument("--samples", type=positive_int, default=4,
+                   help="independent samples averaged into the mean; their spread is the std map (default 4)")
+    e.add_argument("--guidance", type=_non_negative_float, default=2.0,
+                   help="classifier-free guidance weight on the condition (default 2; 1 = plain conditional, "
+                        "half the cost)")
+    e.add_argument("--eta", type=_unit_float, default=0.0, help="DDIM stochasticity 0..1 (default 0)")
+    e.add_argument("--patch", type=_voxel_or_iso_int, default=None,
+                   help="3D window D,H,W or one size in voxels (default: the model's training patch)")
+    e.add_argument("--stride", type=_voxel_or_iso_int, default=None,
+                   help="step between windows, at most the patch (default: half the patch)")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="windows per network call (default 8)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs (default auto: CUDA when available)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the start noise (default 0)")
+    e.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
+    e.set_defaults(func=run_enhance)
 
 
 def _magnitude(path: str) -> Volume:
@@ -116,11 +224,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             labels = label_volume.data.round().long()
         elif args.contrast is not None:
             raise MrdpmError("--contrast needs --labels (tissue labels on the image grid)", path=args.image)
-        settings = LowFieldSettings(
-            field_t=args.field_t, voxel_mm=args.voxel_mm,
-            slice_axis=None if args.slice_axis == "none" else int(args.slice_axis), noise=not args.no_noise,
-            snr_db=None if args.snr_from_field else args.snr_db, contrast=args.contrast,
-            tissue_kind=args.tissue_kind)
+        settings = _physics_settings(args)
         try:
             out = simulate_low_field(volume.data, volume.voxel_size_mm, settings, labels,
                                      generator=torch.Generator().manual_seed(args.seed), **extra)
@@ -145,4 +249,61 @@ def run_fit(args: argparse.Namespace) -> int:
     transfer = estimate_transfer_function([v.data for v in hf], [v.data for v in lf], eps=args.eps)
     written = save_transfer_function(args.output, transfer)
     print(json.dumps({"output": str(written), "pairs": len(hf), "shape": list(transfer.shape)}))
+    return 0
+
+
+def run_make_pairs(args: argparse.Namespace) -> int:
+    """Write the paired training set; print a one-line JSON summary."""
+    if args.contrast is not None and args.labels is None:
+        raise MrdpmError("--contrast needs --labels (tissue labels on each image's grid)", path=args.images[0])
+    if args.labels is not None and args.contrast is None:
+        raise MrdpmError("--labels are only used to re-synthesise contrast: add --contrast T1w or T2w",
+                         path=args.labels[0])
+    manifest_path = make_ulf_pairs(args.images, args.output_dir, _physics_settings(args), labels_paths=args.labels,
+                                   voxel_mm=args.out_voxel_mm, held_out=args.held_out, seed=args.seed,
+                                   fmt=args.format)
+    subjects = json.loads(manifest_path.read_text(encoding="utf-8"))["subjects"]
+    shapes = sorted({tuple(record["shape"]) for record in subjects})
+    print(json.dumps({"manifest": str(manifest_path), "pairs": len(subjects), "held_out": args.held_out,
+                      "shapes": shapes}))
+    return 0
+
+
+def _output_stem(path: str) -> str:
+    for suffix in (".nii.gz", ".nii"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    raise MrdpmError("the output must be a NIfTI file (.nii.gz or .nii)", path=path)
+
+
+def run_enhance(args: argparse.Namespace) -> int:
+    """Enhance a low-field volume; write mean, std and figure; print a one-line JSON summary."""
+    stem = _output_stem(args.output)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    volume = _magnitude(args.image)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    card_path = resolve_model(args.model)
+    denoiser, card = load_prior(str(card_path), device)
+    normalisation = card.get("intensity_normalisation") or {}
+    if normalisation.get("pair_scale") != "condition":
+        raise MrdpmError(f"the model was trained with pair_scale={normalisation.get('pair_scale')!r}; enhancement "
+                         "needs 'condition' (inputs normalised by the low-field volume's own factor)", path=card_path)
+    shape = ((card.get("training") or {}).get("data") or {}).get("image_shape")
+    patch = args.patch or (tuple(shape) if shape else None)
+    try:
+        result = enhance(volume, denoiser, strength=args.strength, steps=args.steps, samples=args.samples,
+                         guidance=args.guidance, patch=patch, stride=args.stride, batch_size=args.batch_size,
+                         percentile=float(normalisation.get("percentile", 99.0)), eta=args.eta, seed=args.seed,
+                         progress=args.progress)
+    except ValueError as err:  # model unsuited, or options that do not fit it (steps, guidance, patch)
+        raise MrdpmError(str(err), path=card_path) from err
+    mean_path = write_nifti(args.output, result.mean)
+    std_path = write_nifti(f"{stem}_std.nii.gz", result.std)
+    panels = {"low field": orthogonal_mosaic(volume.data.float()), "mean": orthogonal_mosaic(result.mean.data),
+              "std": orthogonal_mosaic(result.std.data)}
+    figure = save_panels(f"{stem}.png", panels)
+    trained_mm = (card.get("resolution") or {}).get("pixel_size_mm") or []
+    print(json.dumps({"output": str(mean_path), "std": str(std_path), "figure": str(figure), "model": str(card_path),
+                      "nfe": result.nfe, "seconds": round(result.seconds, 2),
+                      "input_voxel_mm": list(volume.voxel_size_mm), "model_voxel_mm": trained_mm, **result.info}))
     return 0
