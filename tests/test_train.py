@@ -239,6 +239,7 @@ def test_validation_on_held_out_subjects_is_logged_and_carded(phantoms, tmp_path
     assert card["validation"]["subjects"] == ["phantom04"]
     assert card["validation"]["last"] == val[-1]
     assert card["training"]["loss"]["points"] == 6
+    assert [step for step, _ in card["training"]["loss"]["curve"]] == [1, 2, 3, 4, 5, 6]
     # The batch is fixed: scoring the saved EMA model again gives the logged numbers.
     denoiser, _ = load_checkpoint(tmp_path / "run" / "model.json")
     again = validation_metrics(denoiser, validation_batch(config.data, seed=config.run.seed))

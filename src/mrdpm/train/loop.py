@@ -49,6 +49,7 @@ __all__ = ["RunSummary", "Trainer", "denoiser_config", "step_seed", "train"]
 
 STATE_FILE = "state.safetensors"
 MODEL_STEM = "model"
+CURVE_POINTS = 100  # points of the loss curve kept in the model card
 # Settings that may change between a run and its resumption (none alters what a step computes, except
 # optim.steps, which moves the end of a cosine schedule).
 RESUMABLE_CHANGES = frozenset({"run.checkpoint_every", "run.log_every", "run.validate_every", "run.device",
@@ -331,6 +332,13 @@ class Trainer:
                             optimizer=self.optimizer, meta=meta)
         save_checkpoint(self.ema, self.run_dir / MODEL_STEM, self._card())
 
+    def _loss_curve(self, points: int = CURVE_POINTS) -> list[list[float]]:
+        """``[step, mean loss]`` pairs: the logged training loss averaged over at most ``points`` equal bins."""
+        rows = [row for row in self._history if "loss" in row]
+        width = max(1, -(-len(rows) // points))
+        return [[rows[min(i + width, len(rows)) - 1]["step"], float(np.mean([r["loss"] for r in rows[i:i + width]]))]
+                for i in range(0, len(rows), width)]
+
     def _card(self) -> dict[str, Any]:
         """Model-card entries describing this training run."""
         cfg, data = self.config, self.data.card()
@@ -366,7 +374,8 @@ class Trainer:
                     "min_snr": cfg.perceptual.min_snr},
                 "loss": None if not losses else {
                     "log_every": cfg.run.log_every, "first": float(np.mean(losses[:n])),
-                    "last": float(np.mean(losses[-n:])), "min": min(losses), "points": len(losses)},
+                    "last": float(np.mean(losses[-n:])), "min": min(losses), "points": len(losses),
+                    "curve": self._loss_curve()},
             },
             "validation": None if not validations else {
                 "what": "weighted denoising loss and denoised PSNR (dB, peak 1) at fixed noise levels on fixed "
