@@ -51,7 +51,8 @@ class SamplerSpec:
 
 # name -> sampler, the number of sigma levels that spends about ``nfe`` network evaluations, fixed options.
 SAMPLERS: dict[str, SamplerSpec] = {
-    "dds": SamplerSpec(sample_dds, lambda nfe: nfe, {"eta": 0.85, "cg_iters": 5}),
+    # DDS settings tuned on flair-small T1 slices, apart from the IXI test subjects (benchmarks/dds_tuning.py).
+    "dds": SamplerSpec(sample_dds, lambda nfe: nfe, {"eta": 1.0, "lam": 0.3, "cg_iters": 10}),
     "pc": SamplerSpec(sample_score_pc, lambda nfe: (nfe + 1) // 2, {"n_corrector": 1, "dc": ProximalDC(cg_iters=3)}),
     "pc-hybrid": SamplerSpec(sample_score_pc, lambda nfe: (nfe + 1) // 2, {"n_corrector": 1, "dc": GradientDC()}),
     "langevin": SamplerSpec(sample_langevin, lambda nfe: max(nfe // 3, 1), {"n_steps_per_level": 3}),
