@@ -186,12 +186,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="keep and skip the records already in accel.json")
+    p.add_argument("--max-items", type=int, default=None,
+                   help="run each method on at most this many items (slices) per case and mask this call, e.g. for "
+                        "costly reference runs; the table says on how many slices each row was measured")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     unknown = set(args.methods) - {*CLASSICAL, "unet", "dpm"} or set(args.samplers) - set(SAMPLERS) \
         or set(args.cases) - set(CASES)
     if unknown:
         p.error(f"unknown method, sampler or case {sorted(unknown)}")
+    if args.max_items is not None and args.max_items < 1:
+        p.error("--max-items must be >= 1")
     if min(args.slices_per_subject, args.samples, args.real_mask_seeds) < 1 or min(args.nfe, default=2) < 2:
         p.error("need --slices-per-subject, --samples, --real-mask-seeds >= 1 and --nfe values >= 2")
     default_dpm = MethodSpec("dpm", args.samplers[0], max(args.nfe)) if args.samplers and args.nfe else None
@@ -469,13 +474,27 @@ def draw_figure(args: argparse.Namespace, item: Item, figure_dpm: MethodSpec | N
     save_panels(args.out / f"accel_{name}.png", panels, reference=reference, error_of=errors, titles=titles)
 
 
+def limit_items(items: list[Item], limit: int | None) -> list[Item]:
+    """The first ``limit`` items of every (case, mask) group, in order; all of them when ``limit`` is None."""
+    if limit is None:
+        return items
+    seen: dict[tuple, int] = {}
+    kept = []
+    for item in items:
+        group = (item.case_name, item.mask.label if item.mask else None)
+        seen[group] = seen.get(group, 0) + 1
+        if seen[group] <= limit:
+            kept.append(item)
+    return kept
+
+
 def run_items(args: argparse.Namespace, report: dict, items: list[Item], specs: list[MethodSpec],
               unet: torch.nn.Module | None, figure_dpm: MethodSpec | None) -> None:
     """Run every method on every item (method-major, cheapest first), saving after each record."""
     done = {r["key"] for r in report["records"]}
     run = report["runs"][-1]["index"]
     for spec in specs:
-        for item in items:
+        for item in limit_items(items, args.max_items):
             key = record_key(item, spec)
             if key in done:
                 continue
