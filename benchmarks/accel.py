@@ -447,9 +447,14 @@ def panel_path(args: argparse.Namespace, item: Item, label: str) -> Path:
     return args.work_dir / "panels" / f"{item.case_name}_{mask}_{label}.npy"
 
 
+def is_figure_spec(spec: MethodSpec, figure_dpm: MethodSpec | None) -> bool:
+    """Whether ``spec``'s image is drawn in the figures."""
+    return spec.label in FIGURE_METHODS or spec == figure_dpm
+
+
 def keep_panels(args: argparse.Namespace, item: Item, spec: MethodSpec, result: ReconResult,
                 figure_dpm: MethodSpec | None) -> None:
-    if spec.label in FIGURE_METHODS or spec == figure_dpm:
+    if is_figure_spec(spec, figure_dpm):
         np.save(panel_path(args, item, spec.label), result.image[0].numpy())
         if result.std is not None:
             np.save(panel_path(args, item, spec.label + "-std"), result.std[0].numpy())
@@ -497,6 +502,9 @@ def run_items(args: argparse.Namespace, report: dict, items: list[Item], specs: 
         for item in limit_items(items, args.max_items):
             key = record_key(item, spec)
             if key in done:
+                missing = not panel_path(args, item, spec.label).is_file()
+                if item.figure and is_figure_spec(spec, figure_dpm) and missing:  # redo for the figure only
+                    keep_panels(args, item, spec, run_method(spec, item, args, unet), figure_dpm)
                 continue
             result = run_method(spec, item, args, unet)
             report["records"].append(make_record(item, spec, result, args, run))
