@@ -1,8 +1,9 @@
-"""Figures for reconstructions: input, result, error and uncertainty panels."""
+"""Figures: reconstruction panels (input, result, error, uncertainty) and validation curves of training runs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["save_panels"]
+__all__ = ["plot_validation", "save_panels"]
 
 
 def save_panels(path: str | Path, panels: Mapping[str, torch.Tensor], *, reference: torch.Tensor | None = None,
@@ -66,6 +67,53 @@ def save_panels(path: str | Path, panels: Mapping[str, torch.Tensor], *, referen
         ax.axis("off")
     fig.tight_layout()
     path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_validation(run_dirs: Sequence[str | Path], out_png: str | Path, *, metric: str = "recon_nrmse",
+                    dpi: int = 120) -> Path:
+    """Plot a validation metric against training steps, one line per run, labelled by its learning rate.
+
+    Parameters
+    ----------
+    run_dirs
+        Training run folders (``log.jsonl`` and ``config.json``, see mrdpm.train.loop).
+    out_png
+        Output PNG path.
+    metric
+        Key of the validation rows of ``log.jsonl`` (e.g. ``recon_nrmse``, ``recon_psnr@4``, ``val_loss``).
+    dpi
+        Resolution.
+
+    Returns
+    -------
+    Path
+        The written file. Each run's lowest value is marked.
+
+    Raises
+    ------
+    ValueError
+        If a run has no validation row holding ``metric``.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for run_dir in map(Path, run_dirs):
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+        points = [(row["step"], row[metric]) for row in rows if metric in row]
+        if not points:
+            raise ValueError(f"run {str(run_dir)!r} logged no validation {metric!r}")
+        lr = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["optim"]["lr"]
+        steps, values = zip(*points, strict=True)
+        (line,) = ax.plot(steps, values, marker=".", label=f"lr {lr:g} ({run_dir.name})")
+        best = min(range(len(values)), key=values.__getitem__)
+        ax.plot(steps[best], values[best], marker="o", fillstyle="none", markersize=9, color=line.get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(out_png)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -1,9 +1,10 @@
 """Training configuration: typed, frozen dataclasses read from a TOML file and dumped as JSON into the run.
 
 A config file has the sections ``[data]`` (with ``[[data.sources]]`` tables; see mrdpm.data.config.DataConfig),
-``[model]``, ``[optim]``, ``[run]`` and ``[perceptual]``; every key is optional except ``data.sources``. Unknown
-keys and wrong types are errors naming the file and the key. Relative source paths (and the perceptual encoder's
-path) are taken from the config file's folder.
+``[model]``, ``[optim]``, ``[run]``, ``[perceptual]``, ``[finetune]`` and ``[recon_validation]``; every key is
+optional except ``data.sources``. Unknown keys and wrong types are errors naming the file and the key. Relative
+source paths (and the paths of the perceptual encoder and of the checkpoint to fine-tune) are taken from the
+config file's folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 
 from mrdpm.data.config import DataConfig
 from mrdpm.errors import MrdpmError
+from mrdpm.models.checkpoint import checkpoint_paths
 from mrdpm.models.unet import PRESETS
 
 if sys.version_info >= (3, 11):
@@ -28,8 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["ModelConfig", "OptimConfig", "PerceptualConfig", "RunConfig", "TrainConfig", "config_from_dict",
-           "config_to_dict", "load_config"]
+__all__ = ["FinetuneConfig", "ModelConfig", "OptimConfig", "PerceptualConfig", "ReconValidationConfig", "RunConfig",
+           "TrainConfig", "config_from_dict", "config_to_dict", "load_config", "read_table"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,10 @@ class RunConfig:
         ``fp32``, or ``bf16`` autocast on CUDA.
     name
         Model name for the card; empty: the run folder's name.
+    keep_best
+        A validation metric (a key of the validation rows of ``log.jsonl``, e.g. ``val_loss`` or
+        ``recon_nrmse``): the EMA denoiser of the validation with its lowest value is kept as ``best.json`` +
+        ``best.safetensors``; empty: none kept.
     """
 
     seed: int = 0
@@ -174,6 +180,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     name: str = ""
+    keep_best: str = ""
 
     def __post_init__(self):
         if self.checkpoint_every < 1 or self.log_every < 1 or self.validate_every < 0:
@@ -208,6 +215,86 @@ class PerceptualConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Start from a trained denoiser instead of a random one (mrdpm.train.finetune), optionally adding a class.
+
+    The checkpoint's weights initialise both the model and its EMA; the optimiser starts fresh. The architecture
+    and preconditioning must be those that ``[model]`` and the data give (``mrdpm finetune`` fills ``[model]``
+    from the checkpoint's card); only the training-time dropouts may differ.
+
+    Attributes
+    ----------
+    checkpoint
+        Model card (``.json``) or shipped model name; empty: train from scratch.
+    new_class
+        A class appended to the checkpoint's classes (mrdpm.models.classes.add_class); empty: none. Every class
+        of the data must be a class of the resulting model.
+    new_class_init
+        Embedding the new class starts from: empty for the checkpoint's null (unconditional) class, or the name
+        of one of its classes.
+    """
+
+    checkpoint: str = ""
+    new_class: str = ""
+    new_class_init: str = ""
+
+
+@dataclass(frozen=True)
+class ReconValidationConfig:
+    """Validation by reconstruction (mrdpm.train.finetune.ReconValidator), at every ``run.validate_every`` steps.
+
+    Fixed held-out slices are turned into simulated accelerated acquisitions once (mrdpm.data.simulate: fixed
+    seeds), and the EMA denoiser reconstructs them by posterior sampling (mrdpm.tasks.dpm.reconstruct_slice);
+    ``recon_nrmse@R`` and ``recon_psnr@R`` (dB) per acceleration and their means ``recon_nrmse`` and
+    ``recon_psnr`` over the accelerations go into the validation rows of ``log.jsonl``.
+
+    Attributes
+    ----------
+    accelerations
+        Accelerations R; empty: no reconstruction validation.
+    sources
+        Names of the data sources whose held-out subjects give the slices; empty: every source.
+    slices
+        Number of distinct held-out slices (fewer if the held-out subjects have fewer).
+    size
+        ``(H, W)``: each slice is centred on its foreground and zero-padded or cropped to this size (slices of
+        different shapes, e.g. several orientations, can then be used together); empty: whole slices, which
+        must share one shape.
+    coils, mask, center_fraction, snr_db
+        The simulated acquisition (mrdpm.data.simulate.SimulationSettings): coils, mask kind, calibration
+        fraction and SNR in dB.
+    sampler, nfe, samples
+        Posterior sampler (a key of mrdpm.tasks.dpm.SAMPLERS), network evaluations per sample, and samples
+        averaged into each reconstruction.
+    seed
+        Seed of the slice draw, of the acquisitions (masks, phase, noise) and of the samplers.
+    """
+
+    accelerations: tuple[float, ...] = ()
+    sources: tuple[str, ...] = ()
+    slices: int = 4
+    size: tuple[int, ...] = (128, 128)
+    coils: int = 8
+    mask: str = "gaussian1d"
+    center_fraction: float = 0.08
+    snr_db: float = 30.0
+    sampler: str = "dds"
+    nfe: int = 10
+    samples: int = 2
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "accelerations": all(r >= 1 for r in self.accelerations), "slices": self.slices >= 1,
+            "size": len(self.size) in (0, 2) and all(n >= 1 for n in self.size), "coils": self.coils >= 1,
+            "center_fraction": 0 < self.center_fraction < 1, "nfe": self.nfe >= 2, "samples": self.samples >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"out of range: {', '.join(f'{n} = {getattr(self, n)!r}' for n in bad)}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs."""
 
@@ -216,6 +303,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    recon_validation: ReconValidationConfig = field(default_factory=ReconValidationConfig)
 
 
 def _type_name(hint: Any) -> str:
@@ -274,7 +363,10 @@ def _build(cls: type, table: dict, where: str, path: Path | None) -> Any:
 
 
 def _resolve_paths(config: TrainConfig, base_dir: Path) -> TrainConfig:
-    """Source paths (glob characters kept) and the perceptual encoder's path made absolute against ``base_dir``."""
+    """Source, perceptual encoder and fine-tuning checkpoint paths made absolute against ``base_dir``.
+
+    Glob characters are kept; a checkpoint with no card there is kept as written (a shipped model's name).
+    """
     def resolve(p: str) -> str:
         return os.path.normpath(base_dir / os.path.expanduser(p))
 
@@ -282,8 +374,12 @@ def _resolve_paths(config: TrainConfig, base_dir: Path) -> TrainConfig:
                                         condition_paths=tuple(map(resolve, s.condition_paths)))
                     for s in config.data.sources)
     encoder = config.perceptual.encoder and resolve(config.perceptual.encoder)
+    checkpoint = config.finetune.checkpoint
+    if checkpoint and checkpoint_paths(resolve(checkpoint))[0].is_file():
+        checkpoint = str(checkpoint_paths(resolve(checkpoint))[0])
     return dataclasses.replace(config, data=dataclasses.replace(config.data, sources=sources),
-                               perceptual=dataclasses.replace(config.perceptual, encoder=encoder))
+                               perceptual=dataclasses.replace(config.perceptual, encoder=encoder),
+                               finetune=dataclasses.replace(config.finetune, checkpoint=checkpoint))
 
 
 def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: str | Path | None = None,
@@ -293,7 +389,8 @@ def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: s
     Parameters
     ----------
     table
-        ``{"data": {...}, "model": {...}, "optim": {...}, "run": {...}, "perceptual": {...}}``.
+        ``{"data": {...}, "model": {...}, "optim": {...}, "run": {...}, "perceptual": {...}, "finetune": {...},
+        "recon_validation": {...}}``.
     path
         The file it came from, named in error messages.
     base_dir
@@ -313,6 +410,23 @@ def config_from_dict(table: dict, *, path: str | Path | None = None, base_dir: s
     return _resolve_paths(config, Path(base_dir or Path.cwd()))
 
 
+def read_table(path: str | Path) -> dict:
+    """Parse a TOML file into a table (nothing is checked beyond the TOML syntax).
+
+    Raises
+    ------
+    MrdpmError
+        Unreadable file or invalid TOML, naming the file.
+    """
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MrdpmError(f"cannot read config: {err.strerror}", path=path) from None
+    except tomllib.TOMLDecodeError as err:
+        raise MrdpmError(f"invalid TOML: {err}", path=path) from None
+
+
 def load_config(path: str | Path) -> TrainConfig:
     """Read a TOML training config; relative source paths are taken from the file's folder.
 
@@ -322,13 +436,7 @@ def load_config(path: str | Path) -> TrainConfig:
         Unreadable or invalid TOML, or any problem listed in ``config_from_dict``.
     """
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise MrdpmError(f"cannot read config: {err.strerror}", path=path) from None
-    except tomllib.TOMLDecodeError as err:
-        raise MrdpmError(f"invalid TOML: {err}", path=path) from None
-    return config_from_dict(table, path=path, base_dir=path.resolve().parent)
+    return config_from_dict(read_table(path), path=path, base_dir=path.resolve().parent)
 
 
 def config_to_dict(config: TrainConfig) -> dict:

@@ -9,14 +9,23 @@ A run folder holds ``config.json`` (the resolved config), ``log.jsonl`` (one JSO
 step, loss, lr, grad_norm, seconds, and ``perceptual``, the part of the loss from the perceptual term, when
 ``[perceptual]`` names an encoder), ``state.safetensors`` (resumable state, written every ``checkpoint_every``
 steps and when a call stops) and ``model.safetensors`` + ``model.json``: the EMA denoiser with its model card.
-Every ``validate_every`` steps the EMA denoiser is scored on the held-out subjects (:mod:`mrdpm.train.validate`);
-those rows of ``log.jsonl`` hold ``step`` and ``val_loss`` / ``val_psnr@sigma`` instead of the training loss.
+Every ``validate_every`` steps (and at step 0 of a fine-tuning run) the EMA denoiser is scored on the held-out
+subjects (:mod:`mrdpm.train.validate`, and by reconstruction when ``[recon_validation]`` names accelerations:
+:mod:`mrdpm.train.finetune`); those rows of ``log.jsonl`` hold ``step`` and ``val_loss`` / ``val_psnr@sigma`` (and
+``recon_nrmse`` ...) instead of the training loss. With ``run.keep_best``, the EMA denoiser of the validation with
+the lowest value of that metric is also kept as ``best.safetensors`` + ``best.json`` (its card's ``best`` says
+which step).
+
+With ``[finetune]`` the model and its EMA start from a trained checkpoint (optionally with a new class,
+:func:`mrdpm.models.classes.add_class`) and the optimiser starts fresh; the data's class labels are mapped to
+the model's classes by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,8 @@ from mrdpm.diffusion.losses import training_prediction, weighted_denoising_error
 from mrdpm.diffusion.perceptual import snr_weighted_perceptual
 from mrdpm.errors import MrdpmError
 from mrdpm.models.autoencoder import FeatureAutoencoder, load_autoencoder
-from mrdpm.models.checkpoint import save_checkpoint
+from mrdpm.models.checkpoint import load_checkpoint, resolve_model, save_checkpoint
+from mrdpm.models.classes import add_class
 from mrdpm.models.precond import Denoiser, DenoiserConfig
 from mrdpm.train.config import TrainConfig, config_from_dict, config_to_dict
 from mrdpm.train.distributed import (
@@ -42,13 +52,17 @@ from mrdpm.train.distributed import (
     wrap_data_parallel,
 )
 from mrdpm.train.ema import make_ema, update_ema
+from mrdpm.train.finetune import ReconValidator
 from mrdpm.train.state import load_training_state, save_training_state
-from mrdpm.train.validate import validation_batch, validation_metrics
+from mrdpm.train.validate import ValidationBatch, validation_batch, validation_metrics
 
 __all__ = ["RunSummary", "Trainer", "denoiser_config", "step_seed", "train"]
 
 STATE_FILE = "state.safetensors"
 MODEL_STEM = "model"
+BEST_STEM = "best"
+# Fields of a fine-tuned checkpoint's config that may differ from those the fine-tuning config gives.
+_TRAINING_ONLY_FIELDS = frozenset({"class_names", "label_dropout", "cond_dropout"})
 CURVE_POINTS = 100  # points of the loss curve kept in the model card
 # Settings that may change between a run and its resumption (none alters what a step computes, except
 # optim.steps, which moves the end of a cosine schedule).
@@ -164,9 +178,11 @@ class Trainer:
         self.data = TrainingImages(config.data)
         self.encoder, self._encoder_card = self._load_encoder()
         torch.manual_seed(config.run.seed)
-        self.model = Denoiser(denoiser_config(config, self.data.class_names, image_channels=self.data.image_channels,
-                                              condition_channels=self.data.condition_channels))
+        self.model, self._init_card = self._build_model()
         self.model = self.model.to(self.dist.device).train()
+        names = self.model.config.class_names
+        # data class index -> model class index (they differ when fine-tuning adds to a checkpoint's classes)
+        self._label_map = torch.tensor([names.index(n) for n in self.data.class_names], dtype=torch.long)
         self.ema = make_ema(self.model)
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
@@ -183,9 +199,17 @@ class Trainer:
             if meta.get("perceptual_encoder_sha256") != self._encoder_sha256:
                 raise MrdpmError("the perceptual encoder's weights differ from those the run was trained with",
                                  path=config.perceptual.encoder or None)
+            if meta.get("init_sha256") != self._init_sha256:
+                raise MrdpmError("the checkpoint's weights differ from those the run was fine-tuned from",
+                                 path=config.finetune.checkpoint)
             self._sums = torch.tensor(meta["sums"], dtype=torch.float64, device=self.dist.device)
-        validating = self.dist.is_main and config.run.validate_every > 0
-        self._validation = validation_batch(config.data, seed=config.run.seed) if validating else None
+        validating = self.dist.is_main and config.run.validate_every > 0 and bool(config.data.held_out)
+        if config.run.keep_best and not (config.run.validate_every > 0 and config.data.held_out):
+            raise MrdpmError(f"run.keep_best = {config.run.keep_best!r} needs validation: run.validate_every > 0 "
+                             "and data.held_out subjects")
+        self._validation = self._validation_batch() if validating else None
+        recon = validating and bool(config.recon_validation.accelerations)
+        self._recon = ReconValidator(config, self.model.config) if recon else None
         if self.dist.is_main:
             self._prepare_folder(resuming)
         self._net = wrap_data_parallel(self.model, self.dist)
@@ -208,6 +232,49 @@ class Trainer:
         if changed:
             raise MrdpmError(f"config differs from the run's saved config in {changed}; resuming needs the same "
                              "settings (start a new run folder instead)", path=saved_path)
+
+    def _build_model(self) -> tuple[Denoiser, dict[str, Any] | None]:
+        """A fresh denoiser for the data, or the ``[finetune]`` checkpoint's (with its new class) and its card."""
+        cfg, data = self.config, self.data
+        ft = cfg.finetune
+        if not ft.checkpoint:
+            return Denoiser(denoiser_config(cfg, data.class_names, image_channels=data.image_channels,
+                                            condition_channels=data.condition_channels)), None
+        card_path = resolve_model(ft.checkpoint)
+        trained, card = load_checkpoint(card_path)
+        if ft.new_class:
+            try:
+                trained = add_class(trained, ft.new_class, init_from=ft.new_class_init or None)
+            except ValueError as err:
+                raise MrdpmError(f"finetune.new_class: {err}", path=card_path) from None
+        names = trained.config.class_names
+        unknown = [n for n in data.class_names if n not in names]
+        if unknown:
+            raise MrdpmError(f"the data's classes {unknown} are not classes of the checkpoint ({list(names)}); "
+                             "add one with finetune.new_class", path=card_path)
+        wanted = denoiser_config(cfg, names, image_channels=data.image_channels,
+                                 condition_channels=data.condition_channels)
+        differ = [f"{f.name} (checkpoint {getattr(trained.config, f.name)!r}, config {getattr(wanted, f.name)!r})"
+                  for f in dataclasses.fields(DenoiserConfig) if f.name not in _TRAINING_ONLY_FIELDS
+                  and getattr(trained.config, f.name) != getattr(wanted, f.name)]
+        if differ:
+            raise MrdpmError(f"the checkpoint does not fit the config and data: {'; '.join(differ)}", path=card_path)
+        model = Denoiser(wanted)
+        model.load_state_dict(trained.state_dict(), strict=True)
+        return model, card | {"path": str(card_path)}
+
+    @property
+    def _init_sha256(self) -> str | None:
+        return None if self._init_card is None else self._init_card["weights_sha256"]
+
+    def _model_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Data class indices -> the model's class indices."""
+        return None if labels is None else self._label_map[labels]
+
+    def _validation_batch(self) -> ValidationBatch:
+        """The fixed held-out batch of :mod:`mrdpm.train.validate`, its labels the model's."""
+        batch = validation_batch(self.config.data, seed=self.config.run.seed)
+        return dataclasses.replace(batch, class_labels=self._model_labels(batch.class_labels))
 
     def _load_encoder(self) -> tuple[FeatureAutoencoder | None, dict[str, Any] | None]:
         """The frozen perceptual encoder and its card, checked against the data; ``(None, None)`` if unset."""
@@ -235,6 +302,8 @@ class Trainer:
         # Lines written after the last checkpoint (a crash) are dropped: they will be written again.
         self._history = [row for row in map(json.loads, lines) if row["step"] <= self.step]
         log.write_text("".join(json.dumps(row) + "\n" for row in self._history), encoding="utf-8")
+        metric = self.config.run.keep_best
+        self._best = min((row[metric] for row in self._history if metric in row), default=math.inf)
 
     def _train_step(self, step: int) -> torch.Tensor:
         """One optimiser step: ``[loss, grad_norm, (perceptual part,) 1]``, averaged over processes."""
@@ -243,7 +312,8 @@ class Trainer:
         torch.manual_seed(seed)  # label dropout inside the denoiser
         generator = torch.Generator().manual_seed(seed)
         batch = self.data.sample(cfg.optim.batch_size // self.dist.world_size, generator=generator)
-        labels = None if batch.class_labels is None else batch.class_labels.to(device)
+        labels = self._model_labels(batch.class_labels)
+        labels = None if labels is None else labels.to(device)
         cond = None if batch.cond is None else batch.cond.to(device)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.optim.lr_at(step)
@@ -283,6 +353,8 @@ class Trainer:
         cfg = self.config
         stop = min(cfg.optim.steps, cfg.optim.steps if max_steps is None else max_steps)
         first, clock, seconds_before = self.step, time.perf_counter(), self.seconds
+        if self.step == 0 and self._init_card is not None and self._validation is not None:
+            self._validate()  # the starting point of a fine-tuning curve (step 0 may turn out best)
         bar = tqdm(total=cfg.optim.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (progress and self.dist.is_main))
         while self.step < stop:
@@ -294,7 +366,7 @@ class Trainer:
                 row = self._log()
                 bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{row['lr']:.2e}")
             if self._validation is not None and self.step % cfg.run.validate_every == 0:
-                self._append({"step": self.step, **validation_metrics(self.ema, self._validation)})
+                self._validate()
             if self.dist.is_main and (self.step % cfg.run.checkpoint_every == 0 or self.step == stop):
                 self._checkpoint()
         bar.close()
@@ -318,6 +390,23 @@ class Trainer:
             self._append(row)
         return row
 
+    def _validate(self) -> None:
+        """Score the EMA denoiser (rank 0), log the row and keep the best EMA denoiser (``run.keep_best``)."""
+        row = {"step": self.step, **validation_metrics(self.ema, self._validation)}
+        if self._recon is not None:
+            row |= self._recon(self.ema)
+        self._append(row)
+        metric = self.config.run.keep_best
+        if not metric:
+            return
+        if metric not in row:
+            raise MrdpmError(f"run.keep_best = {metric!r} is not a validation metric (they are: "
+                             f"{', '.join(k for k in row if k != 'step')})")
+        if row[metric] < self._best:
+            self._best = row[metric]
+            save_checkpoint(self.ema, self.run_dir / BEST_STEM,
+                            self._card() | {"best": {"metric": metric, "step": self.step, "value": row[metric]}})
+
     def _append(self, row: dict[str, Any]) -> None:
         """Keep a row and append it to log.jsonl (rank 0)."""
         self._history.append(row)
@@ -327,7 +416,8 @@ class Trainer:
     def _checkpoint(self) -> None:
         """Write the resumable state, then export the EMA denoiser with its card (rank 0)."""
         meta = {"step": self.step, "seconds": self.seconds, "sums": self._sums.tolist(),
-                "perceptual_encoder_sha256": self._encoder_sha256, "mrdpm_version": __version__}
+                "perceptual_encoder_sha256": self._encoder_sha256, "init_sha256": self._init_sha256,
+                "mrdpm_version": __version__}
         save_training_state(self.run_dir / STATE_FILE, model=self.model, ema=self.ema,
                             optimizer=self.optimizer, meta=meta)
         save_checkpoint(self.ema, self.run_dir / MODEL_STEM, self._card())
@@ -350,10 +440,19 @@ class Trainer:
         channels = f"{data['image_channels']}-channel " if data["image_channels"] > 1 else ""
         condition = "" if data["condition"] is None else \
             f" conditioned on {data['condition']['channels']}-channel images"
+        best_by = cfg.run.keep_best or "val_loss"
+        start = self._init_card
         return {
             "name": cfg.run.name or self.run_dir.resolve().name,
             "summary": (f"{cfg.model.preset} {cfg.model.parameterisation} prior, {cfg.data.spatial_dims}D "
-                        f"{channels}{cfg.data.image_type}{condition}, {self.step} steps on {sources}"),
+                        f"{channels}{cfg.data.image_type}{condition}, {self.step} steps on {sources}"
+                        + ("" if start is None else f", fine-tuned from {start['name']}")),
+            "fine_tuned_from": None if start is None else {
+                "name": start["name"], "card": start["path"], "weights_sha256": start["weights_sha256"],
+                "class_names": start["class_names"], "new_class": cfg.finetune.new_class or None,
+                "new_class_init": cfg.finetune.new_class_init or ("null class" if cfg.finetune.new_class else None),
+                "steps": (start.get("training") or {}).get("steps"),
+                "what": "model and EMA initialised from this checkpoint, optimiser fresh"},
             "intensity_normalisation": self.data.normalisation.card() | ({} if data["condition"] is None else {
                 "pair_scale": cfg.data.pair_scale,
                 "condition": {"target": "the condition is divided by its target's factor",
@@ -379,11 +478,12 @@ class Trainer:
             },
             "validation": None if not validations else {
                 "what": "weighted denoising loss and denoised PSNR (dB, peak 1) at fixed noise levels on fixed "
-                        "patches of the held-out subjects (mrdpm.train.validate)",
+                        "patches of the held-out subjects (mrdpm.train.validate)"
+                        + ("" if self._recon is None else "; " + self._recon.description),
                 "subjects": list(self._validation.subjects) if self._validation is not None else [],
-                "every": cfg.run.validate_every, "last": validations[-1],
-                "best": min(validations, key=lambda row: row["val_loss"]),
-                "curve": [[row["step"], row["val_loss"]] for row in validations]},
+                "every": cfg.run.validate_every, "last": validations[-1], "best_by": best_by,
+                "best": min(validations, key=lambda row: row[best_by]),
+                "curve": [[row["step"], row[best_by]] for row in validations]},
         }
 
 
