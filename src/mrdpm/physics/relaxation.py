@@ -43,7 +43,8 @@ import torch
 from mrdpm.physics.fft import fftnc, ifftnc
 
 __all__ = ["ADULT_TISSUES", "FIELDS_T", "NEONATAL_TISSUES", "SequenceParameters", "Tissue", "TissueParameters",
-           "default_sequence", "dlmuse_to_adult", "signal_equation", "tissue_parameters", "weighted_image"]
+           "default_sequence", "dlmuse_to_adult", "gaussian_smooth", "signal_equation", "tissue_parameters",
+           "weighted_image"]
 
 FIELDS_T: tuple[float, ...] = (0.064, 1.0, 1.5, 3.0)
 
@@ -270,7 +271,7 @@ def dlmuse_to_adult(labels: torch.Tensor) -> torch.Tensor:
     return classes
 
 
-def _gaussian_smooth(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+def gaussian_smooth(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
     """Isotropic Gaussian blur of a ``(D, H, W)`` volume by Fourier multiplication (periodic boundaries)."""
     freqs = [torch.arange(n, dtype=torch.float32) / n - (n // 2) / n for n in volume.shape]
     fd, fh, fw = torch.meshgrid(*freqs, indexing="ij")
@@ -325,4 +326,4 @@ def weighted_image(labels: torch.Tensor, contrast: str, field_t: float, tr_ms: f
     ti = default.ti_ms if ti_ms is None else ti_ms
     per_tissue = signal_equation(params.pd, params.t1_ms, params.t2_ms, tr, te, ti).abs()
     image = per_tissue[labels]
-    return _gaussian_smooth(image, smoothing_voxels) if smoothing_voxels > 0 else image
+    return gaussian_smooth(image, smoothing_voxels) if smoothing_voxels > 0 else image
