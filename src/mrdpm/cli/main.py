@@ -7,12 +7,24 @@ import sys
 from collections.abc import Sequence
 
 from mrdpm import __version__
-from mrdpm.cli import demo_cmd, models_cmd, recon_cmd, simulate_cmd, train_cmd, ulf_cmd
+from mrdpm.cli import (
+    demo_cmd,
+    denoise_cmd,
+    finetune_cmd,
+    models_cmd,
+    mrf_cmd,
+    neonatal_cmd,
+    recon_cmd,
+    simulate_cmd,
+    train_cmd,
+    ulf_cmd,
+)
 from mrdpm.errors import MrdpmError
 
 # Subcommand modules, in the order --help lists them. Each defines ``register(subparsers)`` which adds its
 # parser and sets ``func`` to a callable taking the parsed arguments and returning an exit code.
-_COMMAND_MODULES = (demo_cmd, simulate_cmd, recon_cmd, train_cmd, models_cmd, ulf_cmd)
+_COMMAND_MODULES = (demo_cmd, simulate_cmd, recon_cmd, train_cmd, finetune_cmd, models_cmd, ulf_cmd, neonatal_cmd,
+                    denoise_cmd, mrf_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

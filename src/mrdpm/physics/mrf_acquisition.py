@@ -29,7 +29,7 @@ import torch
 from mrdpm.physics.cg import conjugate_gradient
 from mrdpm.physics.finite_diff import GradientOperator
 from mrdpm.physics.linop import LinearOperator
-from mrdpm.physics.nufft import NufftOperator, _AdjointAsBackward, _smooth_size
+from mrdpm.physics.nufft import AdjointAsBackward, NufftOperator, smooth_size
 
 __all__ = ["SubspaceSpiralOperator", "SubspaceToeplitzGram", "frame_coverage", "gridding_reconstruction", "low_rank_cg",
            "low_rank_tv"]
@@ -108,11 +108,11 @@ class SubspaceSpiralOperator(LinearOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A c``: coefficient images ``(..., K, H, W)`` -> samples ``(..., C, T, M)`` complex64."""
-        return _AdjointAsBackward.apply(x, self._forward, self._adjoint)
+        return AdjointAsBackward.apply(x, self._forward, self._adjoint)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``A^H y``: samples ``(..., C, T, M)`` -> coefficient images ``(..., K, H, W)`` complex64."""
-        return _AdjointAsBackward.apply(y, self._adjoint, self._forward)
+        return AdjointAsBackward.apply(y, self._adjoint, self._forward)
 
     def gram(self, x: torch.Tensor) -> torch.Tensor:
         """``A^H A c`` by Toeplitz embedding (:class:`SubspaceToeplitzGram`, built on first use and kept)."""
@@ -151,7 +151,7 @@ class SubspaceToeplitzGram(LinearOperator):
     def __init__(self, op: SubspaceSpiralOperator, dcf: torch.Tensor | None = None):
         h, w = op.image_shape
         self.op = op
-        self.padded_shape = (_smooth_size(2 * h - 1), _smooth_size(2 * w - 1))
+        self.padded_shape = (smooth_size(2 * h - 1), smooth_size(2 * w - 1))
         weights = _frame_weights(op, dcf).expand(op.n_frames, op.n_samples)
         flat = NufftOperator(op.trajectory.reshape(-1, 2), self.padded_shape, op.oversampling, op.width)
         rows, cols = torch.triu_indices(op.rank, op.rank)  # P_lk(r) = conj(P_kl(-r)): only k <= l computed

@@ -31,7 +31,7 @@ import torch
 
 from mrdpm.physics.linop import LinearOperator
 
-__all__ = ["NufftOperator", "kaiser_bessel_beta", "nufft", "nufft_adjoint"]
+__all__ = ["AdjointAsBackward", "NufftOperator", "kaiser_bessel_beta", "nufft", "nufft_adjoint", "smooth_size"]
 
 _CHUNK_ENTRIES = 1 << 22  # kernel entries (samples x width^2) handled per chunk: ~64 MB of indices and values
 
@@ -63,7 +63,7 @@ def _kernel_transform(f: torch.Tensor, width: int, beta: float) -> torch.Tensor:
     return width * torch.where(z > 0, torch.sinh(s) / s, torch.sin(s) / s)
 
 
-def _smooth_size(n: int) -> int:
+def smooth_size(n: int) -> int:
     """The smallest integer ``>= n`` with no prime factor above 5 (fast FFT sizes)."""
     while True:
         m = n
@@ -126,7 +126,7 @@ class NufftOperator(LinearOperator):
             raise ValueError(f"kernel width must be an integer >= 2, got {width=}")
         self.beta = kaiser_bessel_beta(width, oversampling)
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
-        self.grid_shape = tuple(max(_smooth_size(math.ceil(oversampling * n)), width) for n in self.image_shape)
+        self.grid_shape = tuple(max(smooth_size(math.ceil(oversampling * n)), width) for n in self.image_shape)
         self.oversampling, self.width = oversampling, width
         self.n_frames = coords.shape[0] if coords.dim() == 3 else None
         self.n_samples = coords.shape[-2]
@@ -270,11 +270,11 @@ class NufftOperator(LinearOperator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x``: image ``(..., [T,] H, W)`` -> samples ``(..., [T,] M)``."""
-        return _AdjointAsBackward.apply(x, self._forward, self._adjoint)
+        return AdjointAsBackward.apply(x, self._forward, self._adjoint)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``A^H y``: samples ``(..., [T,] M)`` -> image ``(..., [T,] H, W)``."""
-        return _AdjointAsBackward.apply(y, self._adjoint, self._forward)
+        return AdjointAsBackward.apply(y, self._adjoint, self._forward)
 
     def __repr__(self) -> str:
         frames = "" if self.n_frames is None else f"{self.n_frames} frames x "
@@ -282,16 +282,18 @@ class NufftOperator(LinearOperator):
                 f"width {self.width})")
 
 
-class _AdjointAsBackward(torch.autograd.Function):
+class AdjointAsBackward(torch.autograd.Function):
     """Apply a linear map without recording its internals; its backward is the adjoint map."""
 
     @staticmethod
     def forward(ctx, x, apply, apply_adjoint):
+        """``apply(x)``, keeping ``apply_adjoint`` for the backward pass."""
         ctx.apply_adjoint = apply_adjoint
         return apply(x)
 
     @staticmethod
     def backward(ctx, grad):
+        """The gradient of a linear map: its adjoint applied to ``grad``."""
         return ctx.apply_adjoint(grad), None, None
 
 
