@@ -36,7 +36,9 @@ def test_preset_sizes():
     assert num_params(build_unet("tiny", spatial_dims=2, in_channels=2, out_channels=2, num_classes=None)) < 100_000
     small = num_params(build_unet("small", spatial_dims=2, in_channels=2, out_channels=2, num_classes=None))
     assert 2_000_000 <= small <= 4_000_000
-    assert spatial_multiple("tiny") == 4
+    compact = num_params(build_unet("compact", spatial_dims=3, in_channels=2, out_channels=1, num_classes=None))
+    assert 1_000_000 <= compact <= 2_500_000
+    assert spatial_multiple("tiny") == spatial_multiple("compact") == 4
     assert spatial_multiple("small") == spatial_multiple("base") == 8
     for preset in PRESETS.values():  # attention only at the lowest resolution level
         assert not any(preset.attention_levels[:-1])

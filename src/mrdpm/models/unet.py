@@ -36,6 +36,10 @@ PRESETS: dict[str, UNetPreset] = {
     # ~68k parameters: unit tests only.
     "tiny": UNetPreset(channels=(8, 16, 16), attention_levels=(False, False, False), num_res_blocks=1,
                        norm_num_groups=4, num_head_channels=8),
+    # ~0.7M parameters in 2D, ~1.8M in 3D (one real image + one condition channel): a 3D model (ultra-low-field
+    # enhancement) that a CPU can train on 32^3 patches.
+    "compact": UNetPreset(channels=(16, 32, 64), attention_levels=(False, False, True), num_res_blocks=1,
+                          norm_num_groups=8, num_head_channels=16),
     # ~3.7M parameters: trainable and usable on a CPU.
     "small": UNetPreset(channels=(32, 64, 96, 128), attention_levels=(False, False, False, True),
                         num_res_blocks=1, norm_num_groups=16, num_head_channels=32),
@@ -63,7 +67,7 @@ def build_unet(preset: str, *, spatial_dims: int, in_channels: int, out_channels
     Parameters
     ----------
     preset
-        ``"tiny"``, ``"small"`` or ``"base"`` (see ``PRESETS``).
+        ``"tiny"``, ``"compact"``, ``"small"`` or ``"base"`` (see ``PRESETS``).
     spatial_dims
         2 or 3.
     in_channels, out_channels
