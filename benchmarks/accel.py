@@ -83,6 +83,8 @@ SLICE_SPACING_MM = 12.0  # between the chosen slices of a subject
 FOREGROUND_LEVEL, MIN_FOREGROUND = 0.1, 0.15
 REAL_FILE, PROSPECTIVE_FILE = "kspace/brain_16coil_96x96_full.npy", "kspace/brain_8coil_poisson8x.npy"
 REAL_MASKS = "gaussian1d:4,gaussian1d:8"
+UNET_TRAIN_MASK = "gaussian1d-x4"  # the supervised baseline's training mask (mrdpm.eval.supervised)
+FAST_NFE, REFERENCE_NFE = 50, 500  # the issue's "fast sampler" budget and its long reference
 BACKGROUND_CORNER = 8  # pixels: the corners of the real 96x96 slice's field of view are air
 FIGURE_METHODS = ("zf", "cs-tv", "cs-wavelet", "unet")
 CASES = ("ixi", "real", "prospective")
@@ -386,18 +388,80 @@ def summarise(records: list[dict], method_order: list[str]) -> list[dict]:
     return rows
 
 
+def _psnr_by_slice(records: list[dict], case: str, mask: str, method: str) -> dict[str, float]:
+    return {r["slice"]: r["psnr"] for r in records
+            if (r["case"], r["mask"], r["method"]) == (case, mask, method) and "psnr" in r}
+
+
+def targets(records: list[dict], train_mask: str = UNET_TRAIN_MASK) -> list[dict]:
+    """The issue's targets, per IXI mask, from paired per-slice PSNR differences (mean over common slices).
+
+    - ``dpm_vs_classical``: the best DPM at <= ``FAST_NFE`` NFE minus the best classical method (by mean PSNR);
+    - ``dpm_vs_unet``: the same DPM minus the supervised U-Net, on masks other than its training mask;
+    - ``fast_vs_reference``: each DDS run at <= ``FAST_NFE`` NFE minus the >= ``REFERENCE_NFE`` NFE DDS run, on the
+      slices both were run on.
+    """
+    rows = []
+    masks = list(dict.fromkeys(r["mask"] for r in records if r["case"] == "ixi"))
+    methods = list(dict.fromkeys(r["method"] for r in records if r["case"] == "ixi"))
+    for mask in masks:
+        by = {m: _psnr_by_slice(records, "ixi", mask, m) for m in methods}
+        by = {m: v for m, v in by.items() if v}
+
+        def mean(m: str, by: dict = by) -> float:
+            return float(np.mean(list(by[m].values())))
+
+        def paired(a: str, b: str, by: dict = by) -> tuple[float, int]:
+            common = sorted(set(by[a]) & set(by[b]))
+            return float(np.mean([by[a][k] - by[b][k] for k in common])) if common else float("nan"), len(common)
+
+        fast = [m for m in by if m.startswith("dpm-") and next(r["nfe"] for r in records if r["method"] == m)
+                <= FAST_NFE]
+        classical = [m for m in by if m in CLASSICAL]
+        row = {"mask": mask}
+        if fast and classical:
+            best_dpm, best_classical = max(fast, key=mean), max(classical, key=mean)
+            row["dpm_vs_classical"] = {"dpm": best_dpm, "classical": best_classical,
+                                       "difference_db": paired(best_dpm, best_classical)[0]}
+            if "unet" in by and mask != train_mask:
+                row["dpm_vs_unet"] = {"dpm": best_dpm, "difference_db": paired(best_dpm, "unet")[0]}
+        references = [m for m in by if m.startswith("dpm-dds-") and
+                      next(r["nfe"] for r in records if r["method"] == m) >= REFERENCE_NFE]
+        row["fast_vs_reference"] = [{"fast": f, "reference": ref, "difference_db": d, "slices": n}
+                                    for ref in references for f in fast if f.startswith("dpm-dds-")
+                                    for d, n in [paired(f, ref)] if n]
+        rows.append(row)
+    return rows
+
+
+def _target_lines(rows: list[dict]) -> list[str]:
+    lines = ["", "### Targets (paired differences of per-slice PSNR, dB)", "",
+             f"| mask | best DPM <= {FAST_NFE} NFE vs best classical | vs U-Net "
+             f"| fast DDS vs DDS >= {REFERENCE_NFE} NFE |",
+             "| --- | --- | --- | --- |"]
+    for row in rows:
+        c, u = row.get("dpm_vs_classical"), row.get("dpm_vs_unet")
+        cell_c = f"{c['dpm']} vs {c['classical']}: {c['difference_db']:+.2f}" if c else "-"
+        cell_u = f"{u['difference_db']:+.2f}" if u else "-"
+        cell_r = "; ".join(f"{f['fast']}: {f['difference_db']:+.2f} ({f['slices']} slices)"
+                           for f in row["fast_vs_reference"]) or "-"
+        lines.append(f"| {row['mask']} | {cell_c} | {cell_u} | {cell_r} |")
+    return lines
+
+
 def write_markdown(report: dict, path: Path) -> None:
     s = report["settings"]
-    lines = [f"Command: `{report['runs'][-1]['command']}`", "",
-             f"IXI held-out subjects and axial slices: {report['slices']}; {s['coils']} simulated coils, SNR "
+    lines = [f"IXI held-out subjects and axial slices: {report['slices']}; {s['coils']} simulated coils, SNR "
              f"{s['snr_db']} dB, seed {s['seed']}. Prior: {s['model']} (sha256 {str(s['prior_sha256'])[:12]}), "
              f"{s['samples']} posterior samples per slice (the reconstruction is their mean). U-Net: "
              f"{s['unet_summary']}. Metrics on magnitudes over the whole image, mean +- sd over slices; NFE per "
              "sample; seconds of wall time per slice.", ""]
     for run in report["runs"]:
         m = run["machine"]
-        lines.append(f"- run {run['index']}: {m['cpu']} ({m['cpu_count']} CPUs), {m['torch_threads']} torch threads, "
-                     f"torch {m['torch']}, load average {m['load_average']:.2f} at start, {run['started']}")
+        lines.append(f"- run {run['index']}: `{run['command']}`; {m['cpu']} ({m['cpu_count']} CPUs), "
+                     f"{m['torch_threads']} torch threads, torch {m['torch']}, load average {m['load_average']:.2f} "
+                     f"at start, {run['started']}")
+    lines += _target_lines(report.get("targets", []))
     current = None
     for row in report["summary"]:
         if (row["case"], row["mask"]) != current:
@@ -419,6 +483,7 @@ def write_markdown(report: dict, path: Path) -> None:
 def save_report(report: dict, out: Path) -> None:
     """Rewrite accel.json atomically and accel.md from it."""
     report["summary"] = summarise(report["records"], report["settings"]["methods"])
+    report["targets"] = targets(report["records"])
     tmp = out / "accel.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, out / "accel.json")
