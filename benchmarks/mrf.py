@@ -55,11 +55,11 @@ from mrdpm.tasks.mrf import (
     ReconOptions,
     check_model_basis,
     check_mrf_model,
-    load_unet_regression,
     map_metrics,
     model_percentile,
     reconstruct_slice,
 )
+from mrdpm.tasks.mrf_unet import load_unet_regression
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = ("vol08", "vol09")  # configs/mrf-small.toml

@@ -21,7 +21,7 @@ from mrdpm.models import (
     save_checkpoint,
 )
 from mrdpm.models import checkpoint as checkpoint_module
-from mrdpm.models.checkpoint import CARD_KEYS
+from mrdpm.models.checkpoint import CARD_KEYS, load_module, read_module_card, save_module
 
 EXTRA = {"summary": "tiny test prior", "intensity_normalisation": {"method": "p99", "value": 1.0},
          "training": {"steps": 3}, "resolution": [16, 16]}
@@ -142,6 +142,69 @@ def test_architecture_mismatch(saved):
 def test_card_extra_cannot_override_computed_keys(tmp_path):
     with pytest.raises(ValueError, match="weights_sha256"):
         save_checkpoint(randomised(), tmp_path / "m", {"weights_sha256": "0"})
+
+
+MODULE_SCHEMA = {"schema": "mrdpm-test-linear", "schema_version": 2}
+
+
+def build_linear(card, card_path):
+    return torch.nn.Linear(*card["architecture"])
+
+
+def test_module_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    card_path = save_module(net, tmp_path / "sub" / "lin", {"summary": "a line", "architecture": [3, 2],
+                                                             "training": {"steps": 1}}, **MODULE_SCHEMA)
+    assert card_path == tmp_path / "sub" / "lin.json"
+    assert sorted(p.name for p in card_path.parent.iterdir()) == ["lin.json", "lin.safetensors"]  # no temps
+    card = json.loads(card_path.read_text())
+    assert {k: card[k] for k in ("schema", "schema_version", "name", "num_parameters", "summary", "training")} == {
+        "schema": "mrdpm-test-linear", "schema_version": 2, "name": "lin", "num_parameters": 8, "summary": "a line",
+        "training": {"steps": 1}}
+    assert card["weights_sha256"] == checkpoint_module.sha256_file(card_path.with_suffix(".safetensors"))
+    for given in (card_path, card_path.with_suffix(".safetensors"), card_path.with_suffix("")):
+        assert read_module_card(given, **MODULE_SCHEMA, what="line") == (card, card_path)
+    loaded, loaded_card = load_module(card_path.with_suffix(""), build_linear, **MODULE_SCHEMA, what="line")
+    assert loaded_card == card
+    assert not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="schema"):
+        save_module(net, tmp_path / "other", {"schema": "x"}, **MODULE_SCHEMA)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"schema": "mrdpm-feature-autoencoder"}, "not a mrdpm-test-linear card of version 2 .*mrdpm-feature-autoencoder"),
+    ({"schema_version": 1}, "not a mrdpm-test-linear card of version 2"),
+])
+def test_module_card_of_another_schema(tmp_path, change, message):
+    card_path = save_module(torch.nn.Linear(3, 2), tmp_path / "lin", {"architecture": [3, 2]}, **MODULE_SCHEMA)
+    edit_card(card_path, **change)
+    with pytest.raises(MrdpmError, match=message) as err:
+        read_module_card(card_path, **MODULE_SCHEMA, what="line")
+    assert err.value.path == card_path
+
+
+def test_module_missing_bad_json_and_tampered(tmp_path):
+    with pytest.raises(MrdpmError, match="line card not found") as err:
+        read_module_card(tmp_path / "none.safetensors", **MODULE_SCHEMA, what="line")
+    assert err.value.path == tmp_path / "none.json"
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(MrdpmError, match="line card is not valid JSON") as err:
+        read_module_card(tmp_path / "bad", **MODULE_SCHEMA, what="line")
+    assert err.value.path == tmp_path / "bad.json"
+    with pytest.raises(MrdpmError, match="pickle"):
+        read_module_card(tmp_path / "lin.pt", **MODULE_SCHEMA, what="line")
+    card_path = save_module(torch.nn.Linear(3, 2), tmp_path / "lin", {"architecture": [3, 2]}, **MODULE_SCHEMA)
+    weights = card_path.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MrdpmError, match="sha256") as err:
+        load_module(card_path, build_linear, **MODULE_SCHEMA, what="line")
+    assert err.value.path == weights
 
 
 @pytest.fixture

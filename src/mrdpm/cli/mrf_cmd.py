@@ -32,13 +32,12 @@ from mrdpm.tasks.mrf import (
     ReconOptions,
     check_model_basis,
     check_mrf_model,
-    load_unet_regression,
     map_metrics,
     model_percentile,
     reconstruct_slice,
     setup_for_case,
-    train_unet_regression,
 )
+from mrdpm.tasks.mrf_unet import load_unet_regression, train_unet_regression
 from mrdpm.train.config import load_config
 
 __all__ = ["register"]

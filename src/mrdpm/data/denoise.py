@@ -56,9 +56,7 @@ with the sha256 of the weights verified (:mod:`mrdpm.models.checkpoint`).
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,15 +65,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.networks.nets import BasicUNet
-from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from mrdpm import __version__
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.errors import MrdpmError
 from mrdpm.io.containers import Volume
-from mrdpm.models.checkpoint import atomic_write, checkpoint_paths, load_verified_weights, sha256_file
+from mrdpm.models.checkpoint import load_module, save_module
+from mrdpm.models.fit import first_last_tenth, fit
 from mrdpm.models.precond import from_channels, to_channels
 from mrdpm.models.unet import crop_to, pad_to_multiple
 
@@ -334,31 +330,26 @@ def train_denoiser(volumes: Sequence[Volume | torch.Tensor], sigma: float | Sequ
                             [g / s for g, s in zip(sigmas, scales, strict=True)], patch, axes)
     torch.manual_seed(seed)
     model = R2RUNet(spec).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
     generator = torch.Generator().manual_seed(seed)
-    losses, clean, start = [], [], time.perf_counter()
+    noise_terms = []
     channels = 2 if complex_data else 1
-    for _ in tqdm(range(steps), desc="r2r", disable=not progress):
+
+    def loss_fn(step: int) -> torch.Tensor:
         y, s = sampler.sample(batch_size, generator)
         y1, y2 = recorrupt(y, s, alpha, generator=generator)
-        loss = (model(y1.to(device)) - y2.to(device)).abs().square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
         # Gaussian noise: E loss = clean MSE of f(y1) + E[sigma^2] (1 + 1/alpha^2) per real channel.
-        clean.append(losses[-1] - channels * float(s.square().mean()) * (1 + alpha ** -2))
-    tail = max(1, steps // 10)
-    clean_mse = float(np.mean(clean[-tail:])) if spec.noise_model == "gaussian" else None
+        noise_terms.append(channels * float(s.square().mean()) * (1 + alpha ** -2))
+        return (model(y1.to(device)) - y2.to(device)).abs().square().mean()
+
+    result = fit(model, loss_fn, steps=steps, lr=lr, desc="r2r", progress=progress)
+    clean = [loss - noise for loss, noise in zip(result.losses, noise_terms, strict=True)]
+    clean_mse = first_last_tenth(clean)[1] if spec.noise_model == "gaussian" else None
+    summary = result.card()
     report = {"method": "Recorrupted-to-Recorrupted (Pang et al. 2021)", "steps": steps, "batch_size": batch_size,
               "lr": lr, "seed": seed, "patch": sampler.patch, "axes": list(axes), "volumes": len(data),
               "sigma": sigmas, "sigma_normalised": [round(g / s, 6) for g, s in zip(sigmas, scales, strict=True)],
-              "intensity_scale": scales, "loss_first": float(np.mean(losses[:tail])),
-              "loss_last": float(np.mean(losses[-tail:])), "clean_mse_estimate_last": clean_mse,
-              "seconds": round(time.perf_counter() - start, 1)}
+              "intensity_scale": scales, "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
+              "clean_mse_estimate_last": clean_mse, "seconds": summary["seconds"]}
     return model.eval(), report
 
 
@@ -416,26 +407,27 @@ def denoise_volume(model: R2RUNet, volume: Volume | torch.Tensor, sigma: float, 
 
 def save_denoiser(model: R2RUNet, path_stem: str | Path, training: dict[str, Any] | None = None) -> Path:
     """Write ``<path_stem>.safetensors`` and the card ``<path_stem>.json`` (each atomically); return the card."""
-    card_path, weights_path = checkpoint_paths(path_stem)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     spec = model.spec
     card = {
-        "schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "name": card_path.stem,
         "summary": (f"R2R self-supervised denoiser, {'complex' if spec.complex_data else 'magnitude'} images, "
                     f"{spec.noise_model} noise"),
-        "mrdpm_version": __version__, "spec": asdict(spec),
+        "spec": asdict(spec),
         "architecture": {"network": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "norm": None,
                          "residual": True, "spatial_multiple": SPATIAL_MULTIPLE},
         "intensity_normalisation": f"each volume (and its sigma) divided by the {spec.percentile}th percentile of "
                                    "its magnitude; the output multiplied back",
-        "num_parameters": sum(v.numel() for v in state.values()), "weights_sha256": sha256_file(weights_path),
         "training": training,
     }
-    text = json.dumps(card, indent=2) + "\n"
-    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return card_path
+    return save_module(model, path_stem, card, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION)
+
+
+def _build(card: dict[str, Any], card_path: Path) -> R2RUNet:
+    """The untrained denoiser of a card; ``MrdpmError`` for an invalid ``spec``."""
+    try:
+        spec = R2RSpec(**{**card["spec"], "features": tuple(card["spec"]["features"])})
+    except (KeyError, TypeError, ValueError) as err:
+        raise MrdpmError(f"invalid denoiser spec in card: {err}", path=card_path) from err
+    return R2RUNet(spec)
 
 
 def load_denoiser(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[R2RUNet, dict[str, Any]]:
@@ -446,20 +438,5 @@ def load_denoiser(path: str | Path, map_location: str | torch.device = "cpu") ->
     MrdpmError
         Naming the file: pickle, missing file, not an R2R card, bad spec, hash mismatch, mismatching weights.
     """
-    card_path, weights_path = checkpoint_paths(path)
-    if not card_path.is_file():
-        raise MrdpmError("denoiser card not found (a denoiser is <stem>.json + <stem>.safetensors)", path=card_path)
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MrdpmError(f"denoiser card is not valid JSON: {err}", path=card_path) from err
-    if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA \
-            or card.get("schema_version") != CARD_SCHEMA_VERSION:
-        raise MrdpmError(f"not a {CARD_SCHEMA} card of version {CARD_SCHEMA_VERSION}", path=card_path)
-    try:
-        spec = R2RSpec(**{**card["spec"], "features": tuple(card["spec"]["features"])})
-    except (KeyError, TypeError, ValueError) as err:
-        raise MrdpmError(f"invalid denoiser spec in card: {err}", path=card_path) from err
-    model = R2RUNet(spec)
-    load_verified_weights(model, weights_path, card.get("weights_sha256"), map_location)
-    return model.to(map_location).eval().requires_grad_(False), card
+    return load_module(path, _build, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION, what="denoiser",
+                       map_location=map_location)

@@ -22,9 +22,6 @@ subjects and simulation); loading verifies the hash.
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,18 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.networks.nets import BasicUNet
-from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from mrdpm import __version__
 from mrdpm.data.config import DataConfig, SourceConfig
 from mrdpm.data.images import TrainingImages
 from mrdpm.data.simulate import SimulationSettings, simulate_case
 from mrdpm.data.volumes import subject_id
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.classical import normalisation_scale, zero_filled
-from mrdpm.models.checkpoint import atomic_write, checkpoint_paths, load_verified_weights, sha256_file
+from mrdpm.models.checkpoint import load_module, save_module
+from mrdpm.models.fit import OPTIMIZER, fit
 from mrdpm.models.precond import from_channels, to_channels
 from mrdpm.models.unet import crop_to, pad_to_multiple
 
@@ -189,74 +184,44 @@ def train_supervised(out_stem: str | Path, *, subjects: Sequence[str | Path], st
     images = _training_images(subjects)
     torch.manual_seed(seed)
     model = SupervisedUNet(UNET_PRESETS[preset]).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    losses, start = [], time.perf_counter()
-    for step in tqdm(range(1, steps + 1), desc="unet", disable=not progress):
+
+    def loss_fn(step: int) -> torch.Tensor:
         step_seed = _step_seed(seed, step)
         batch = images.sample(batch_size, generator=torch.Generator().manual_seed(step_seed)).images[:, 0]
         case = simulate_case(batch, replace(simulation, seed=step_seed))
         zf = zero_filled(case.kspace, case.maps)
-        loss = ((model(zf) - case.target) / normalisation_scale(zf)).abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        return ((model(zf) - case.target) / normalisation_scale(zf)).abs().mean()
+
+    result = fit(model, loss_fn, steps=steps, lr=lr, desc="unet", progress=progress)
     training = {"subjects": sorted({subject_id(p) for p in subjects}), "files": [str(p) for p in subjects],
                 "slices": len(images), "slice_shape": list(images.image_shape), "min_foreground": MIN_FOREGROUND,
-                "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": "Adam, cosine decay, clip 1.0",
+                "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": OPTIMIZER,
                 "loss": "mean |x_hat - x| / s (complex modulus, normalised units)", "seed": seed,
-                "simulation": {k: v for k, v in asdict(simulation).items() if k != "seed"},
-                "seconds": round(time.perf_counter() - start, 1), "loss_first": _mean_head(losses),
-                "loss_last": _mean_head(losses[::-1])}
-    return _save(model.eval(), Path(out_stem), preset, training)
+                "simulation": {k: v for k, v in asdict(simulation).items() if k != "seed"}} | result.card()
+    return _save(model.eval(), out_stem, preset, training)
 
 
-def _mean_head(values: list[float]) -> float:
-    """Mean of the first tenth (at least one) of ``values``."""
-    return float(np.mean(values[: max(1, len(values) // 10)]))
-
-
-def _save(model: SupervisedUNet, out_stem: Path, preset: str, training: dict[str, Any]) -> Path:
-    card_path, weights_path = checkpoint_paths(out_stem)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+def _save(model: SupervisedUNet, out_stem: str | Path, preset: str, training: dict[str, Any]) -> Path:
     sim = training["simulation"]
     card = {
-        "schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "name": card_path.stem,
         "summary": (f"supervised residual U-Net ({preset}), {sim['mask']} x{sim['acceleration']:g}, "
                     f"{sim['coils']} coils, SNR {sim['snr_db']} dB, {training['steps']} steps"),
-        "mrdpm_version": __version__,
         "architecture": {"network": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "in_channels": 2,
                          "out_channels": 2, "features": list(model.features), "preset": preset,
                          "residual": True, "spatial_multiple": SPATIAL_MULTIPLE},
         "input": "zero-filled SENSE-combined complex image (real, imaginary channels)",
-        "target": "complex image", "intensity_normalisation": NORMALISATION,
-        "num_parameters": sum(v.numel() for v in state.values()), "weights_sha256": sha256_file(weights_path),
-        "training": training,
+        "target": "complex image", "intensity_normalisation": NORMALISATION, "training": training,
     }
-    text = json.dumps(card, indent=2) + "\n"
-    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return card_path
+    return save_module(model, out_stem, card, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION)
 
 
-def _read_card(card_path: Path) -> dict[str, Any]:
-    if not card_path.is_file():
-        raise MrdpmError("U-Net card not found (a checkpoint is <stem>.json + <stem>.safetensors)", path=card_path)
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MrdpmError(f"U-Net card is not valid JSON: {err}", path=card_path) from err
-    if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA \
-            or card.get("schema_version") != CARD_SCHEMA_VERSION:
-        raise MrdpmError(f"not a {CARD_SCHEMA} card of version {CARD_SCHEMA_VERSION}", path=card_path)
-    features = card.get("architecture", {}).get("features")
+def _build(card: dict[str, Any], card_path: Path) -> SupervisedUNet:
+    """The untrained U-Net of a card; ``MrdpmError`` unless its ``architecture.features`` are 6 ints."""
+    architecture = card.get("architecture")
+    features = architecture.get("features") if isinstance(architecture, dict) else None
     if not (isinstance(features, list) and len(features) == 6 and all(isinstance(f, int) for f in features)):
         raise MrdpmError("card's architecture.features must be 6 ints", path=card_path)
-    return card
+    return SupervisedUNet(features)
 
 
 def load_supervised(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SupervisedUNet, dict]:
@@ -279,8 +244,5 @@ def load_supervised(path: str | Path, map_location: str | torch.device = "cpu") 
     MrdpmError
         Naming the file: pickle, missing file, bad card, hash mismatch, unreadable or mismatching weights.
     """
-    card_path, weights_path = checkpoint_paths(path)
-    card = _read_card(card_path)
-    model = SupervisedUNet(card["architecture"]["features"])
-    load_verified_weights(model, weights_path, card.get("weights_sha256"), map_location)
-    return model.to(map_location).eval().requires_grad_(False), card
+    return load_module(path, _build, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION, what="U-Net",
+                       map_location=map_location)

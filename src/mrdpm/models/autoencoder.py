@@ -16,22 +16,16 @@ returns the model frozen.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
-from tqdm.auto import tqdm
 
-from mrdpm import __version__
 from mrdpm.errors import MrdpmError
-from mrdpm.models.checkpoint import atomic_write, checkpoint_paths, load_verified_weights, sha256_file
+from mrdpm.models.checkpoint import load_module, save_module
+from mrdpm.models.fit import OPTIMIZER, fit
 from mrdpm.models.unet import crop_to, pad_to_multiple
 
 if TYPE_CHECKING:
@@ -215,61 +209,38 @@ def train_autoencoder(data: TrainingImages, out_stem: str | Path, *, config: Aut
         raise ValueError(f"{config=} does not fit {len(data.image_shape)}D images of {data.image_channels} channels")
     torch.manual_seed(seed)
     model = FeatureAutoencoder(config).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
     generator = torch.Generator().manual_seed(seed)
-    losses, start = [], time.perf_counter()
-    for _ in tqdm(range(steps), desc="encoder", disable=not progress):
+
+    def loss_fn(step: int) -> torch.Tensor:
         images = data.sample(batch_size, generator=generator).images.to(device)
         target = images.abs() if images.is_complex() else images
-        loss = (model(images) - target).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-    tenth = max(1, steps // 10)
+        return (model(images) - target).square().mean()
+
+    result = fit(model, loss_fn, steps=steps, lr=lr, desc="encoder", progress=progress)
     training = {"data": data.card(), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "optimizer": "Adam, cosine decay, clip 1.0", "loss": "mean squared reconstruction error",
-                "loss_first": float(np.mean(losses[:tenth])), "loss_last": float(np.mean(losses[-tenth:])),
-                "seconds": round(time.perf_counter() - start, 1)}
-    return _save(model.eval(), Path(out_stem), data.normalisation.card(), training)
+                "optimizer": OPTIMIZER, "loss": "mean squared reconstruction error"} | result.card()
+    return _save(model.eval(), out_stem, data.normalisation.card(), training)
 
 
-def _save(model: FeatureAutoencoder, out_stem: Path, normalisation: dict[str, Any],
+def _save(model: FeatureAutoencoder, out_stem: str | Path, normalisation: dict[str, Any],
           training: dict[str, Any]) -> Path:
-    card_path, weights_path = checkpoint_paths(out_stem)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     cfg = model.config
     card = {
-        "schema": CARD_SCHEMA, "schema_version": CARD_SCHEMA_VERSION, "name": card_path.stem,
         "summary": (f"{cfg.spatial_dims}D feature autoencoder {list(cfg.channels)}, {training['steps']} steps, "
                     f"reconstruction MSE {training['loss_last']:.3g}"),
-        "mrdpm_version": __version__, "config": cfg.to_dict(),
-        "input": "magnitude images scaled as intensity_normalisation says",
-        "intensity_normalisation": normalisation,
-        "num_parameters": sum(v.numel() for v in state.values()), "weights_sha256": sha256_file(weights_path),
-        "training": training,
+        "config": cfg.to_dict(), "input": "magnitude images scaled as intensity_normalisation says",
+        "intensity_normalisation": normalisation, "training": training,
     }
-    text = json.dumps(card, indent=2) + "\n"
-    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return card_path
+    return save_module(model, out_stem, card, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION)
 
 
-def _read_card(card_path: Path) -> dict[str, Any]:
-    if not card_path.is_file():
-        raise MrdpmError("encoder card not found (a checkpoint is <stem>.json + <stem>.safetensors)", path=card_path)
+def _build(card: dict[str, Any], card_path: Path) -> FeatureAutoencoder:
+    """The untrained autoencoder of a card; ``MrdpmError`` for an invalid ``config``."""
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MrdpmError(f"encoder card is not valid JSON: {err}", path=card_path) from err
-    if not isinstance(card, dict) or card.get("schema") != CARD_SCHEMA \
-            or card.get("schema_version") != CARD_SCHEMA_VERSION:
-        raise MrdpmError(f"not a {CARD_SCHEMA} card of version {CARD_SCHEMA_VERSION}", path=card_path)
-    return card
+        config = AutoencoderConfig.from_dict(card.get("config") or {})
+    except (TypeError, ValueError) as err:
+        raise MrdpmError(f"invalid autoencoder config in card: {err}", path=card_path) from err
+    return FeatureAutoencoder(config)
 
 
 def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu",
@@ -294,12 +265,5 @@ def load_autoencoder(path: str | Path, map_location: str | torch.device = "cpu",
         Naming the file: pickle, missing file, bad card or config, hash mismatch, unreadable or mismatching
         weights.
     """
-    card_path, weights_path = checkpoint_paths(path)
-    card = _read_card(card_path)
-    try:
-        config = AutoencoderConfig.from_dict(card.get("config") or {})
-    except (TypeError, ValueError) as err:
-        raise MrdpmError(f"invalid autoencoder config in card: {err}", path=card_path) from err
-    model = FeatureAutoencoder(config)
-    load_verified_weights(model, weights_path, card.get("weights_sha256"), map_location)
-    return model.to(map_location).eval().requires_grad_(False), card
+    return load_module(path, _build, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION, what="encoder",
+                       map_location=map_location)

@@ -12,6 +12,10 @@ A checkpoint ``<stem>`` is two files side by side:
   given by the writer are kept.
 
 Shipped models are cards (and weights) in the package folder ``mrdpm/weights``.
+
+Other networks (baselines, the perceptual encoder, the R2R denoiser) use the same two files through
+:func:`save_module` / :func:`load_module`: their cards name a ``schema`` (the kind of network) and carry
+``schema_version``, ``name``, ``mrdpm_version``, ``num_parameters`` and ``weights_sha256`` beside the writer's keys.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -33,8 +38,8 @@ from mrdpm import __version__
 from mrdpm.errors import MrdpmError
 from mrdpm.models.precond import Denoiser, DenoiserConfig
 
-__all__ = ["CARD_KEYS", "CARD_SCHEMA_VERSION", "ShippedModel", "list_models", "load_checkpoint", "read_card",
-           "resolve_model", "save_checkpoint"]
+__all__ = ["CARD_KEYS", "CARD_SCHEMA_VERSION", "ShippedModel", "list_models", "load_checkpoint", "load_module",
+           "read_card", "read_module_card", "resolve_model", "save_checkpoint", "save_module"]
 
 CARD_SCHEMA_VERSION = 1
 CARD_KEYS = ("schema_version", "name", "summary", "mrdpm_version", "config", "parameterisation", "class_names",
@@ -44,6 +49,10 @@ _COMPUTED_KEYS = frozenset({"schema_version", "mrdpm_version", "config", "parame
                             "num_parameters", "weights_sha256"})
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"})
 _CHECKPOINT_SUFFIXES = (".json", ".safetensors")
+# Keys save_module computes; the writer's card may not set them.
+_MODULE_COMPUTED_KEYS = frozenset({"schema", "schema_version", "name", "mrdpm_version", "num_parameters",
+                                   "weights_sha256"})
+_ModuleT = TypeVar("_ModuleT", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -110,21 +119,45 @@ def save_checkpoint(denoiser: Denoiser, path_stem: str | Path, card_extra: dict[
     if clash:
         raise ValueError(f"card_extra may not set computed card keys {sorted(clash)}")
     card_path, weights_path = checkpoint_paths(path_stem)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    num_parameters = _write_weights(denoiser, weights_path)
     config = denoiser.config
     card = {
         "schema_version": CARD_SCHEMA_VERSION, "name": card_path.stem, "summary": "",
         "mrdpm_version": __version__, "config": config.to_dict(), "parameterisation": config.parameterisation,
-        "class_names": list(config.class_names), "num_parameters": sum(v.numel() for v in state.values()),
+        "class_names": list(config.class_names), "num_parameters": num_parameters,
         "weights_sha256": sha256_file(weights_path), "intensity_normalisation": None, "training": None,
         "resolution": None,
     }
     card.update(extra)
+    _write_card(card_path, card)
+    return card_path
+
+
+def _write_weights(module: torch.nn.Module, weights_path: Path) -> int:
+    """Write ``module``'s state dict (CPU copies) atomically as safetensors; return its number of values."""
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    return sum(v.numel() for v in state.values())
+
+
+def _write_card(card_path: Path, card: dict[str, Any]) -> None:
+    """Write a card as indented JSON, atomically."""
     text = json.dumps(card, indent=2) + "\n"
     atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return card_path
+
+
+def _read_json_card(card_path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``card_path``; ``MrdpmError`` naming it (and ``what`` card) if missing or not one."""
+    if not card_path.is_file():
+        raise MrdpmError(f"{what} card not found (a checkpoint is <stem>.json + <stem>.safetensors)", path=card_path)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MrdpmError(f"{what} card is not valid JSON: {err}", path=card_path) from err
+    if not isinstance(card, dict):
+        raise MrdpmError(f"{what} card must be a JSON object", path=card_path)
+    return card
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
@@ -147,14 +180,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
         invalid or inconsistent config.
     """
     card_path, _ = checkpoint_paths(path)
-    if not card_path.is_file():
-        raise MrdpmError("model card not found (a checkpoint is <stem>.json + <stem>.safetensors)", path=card_path)
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MrdpmError(f"model card is not valid JSON: {err}", path=card_path) from err
-    if not isinstance(card, dict):
-        raise MrdpmError("model card must be a JSON object", path=card_path)
+    card = _read_json_card(card_path, "model")
     if card.get("schema_version") != CARD_SCHEMA_VERSION:
         raise MrdpmError(f"unsupported card schema_version {card.get('schema_version')!r} "
                          f"(this mrdpm reads version {CARD_SCHEMA_VERSION})", path=card_path)
@@ -221,6 +247,108 @@ def load_verified_weights(module: torch.nn.Module, weights_path: Path, sha256: s
     except RuntimeError as err:
         raise MrdpmError(f"weights do not match the architecture in the model card: {err}",
                          path=weights_path) from err
+
+
+def save_module(module: torch.nn.Module, out_stem: str | Path, card: dict[str, Any], *, schema: str,
+                schema_version: int) -> Path:
+    """Write a network other than a ``Denoiser`` as ``<out_stem>.safetensors`` + card ``<out_stem>.json``.
+
+    Each file is written atomically (via a temporary file); missing parent folders are created.
+
+    Parameters
+    ----------
+    module
+        The network; its state dict is saved from CPU copies.
+    out_stem
+        Output path without suffix (a ``.json`` or ``.safetensors`` suffix is dropped).
+    card
+        The writer's card entries (summary, architecture, normalisation, training, ...), JSON-serialisable; none
+        of the keys this function computes (``schema``, ``schema_version``, ``name``, ``mrdpm_version``,
+        ``num_parameters``, ``weights_sha256``).
+    schema, schema_version
+        The kind of network and the version of its card layout; :func:`read_module_card` checks both.
+
+    Returns
+    -------
+    Path
+        The card file: the computed keys (``name`` is the stem's name), then the writer's entries in their order.
+    """
+    clash = _MODULE_COMPUTED_KEYS & set(card)
+    if clash:
+        raise ValueError(f"card may not set computed card keys {sorted(clash)}")
+    card_path, weights_path = checkpoint_paths(out_stem)
+    num_parameters = _write_weights(module, weights_path)
+    _write_card(card_path, {"schema": schema, "schema_version": schema_version, "name": card_path.stem,
+                            "mrdpm_version": __version__, "num_parameters": num_parameters,
+                            "weights_sha256": sha256_file(weights_path), **card})
+    return card_path
+
+
+def read_module_card(path: str | Path, *, schema: str, schema_version: int, what: str,
+                     ) -> tuple[dict[str, Any], Path]:
+    """Read a card written by :func:`save_module` and check its schema (weights are not touched).
+
+    Parameters
+    ----------
+    path
+        The card (``.json``), the weights (``.safetensors``) or the stem; pickles are refused.
+    schema, schema_version
+        What the card must say.
+    what
+        The kind of network in messages, e.g. ``"encoder"`` ("encoder card not found").
+
+    Returns
+    -------
+    (dict, Path)
+        The card and its path.
+
+    Raises
+    ------
+    MrdpmError
+        Naming the file: pickle given, card missing, not a JSON object, or of another schema or version.
+    """
+    card_path, _ = checkpoint_paths(path)
+    card = _read_json_card(card_path, what)
+    found = (card.get("schema"), card.get("schema_version"))
+    if found != (schema, schema_version):
+        raise MrdpmError(f"not a {schema} card of version {schema_version} ({what}): it says schema {found[0]!r}, "
+                         f"version {found[1]!r}", path=card_path)
+    return card, card_path
+
+
+def load_module(path: str | Path, build: Callable[[dict[str, Any], Path], _ModuleT], *, schema: str,
+                schema_version: int, what: str, map_location: str | torch.device = "cpu",
+                ) -> tuple[_ModuleT, dict[str, Any]]:
+    """Load a network saved by :func:`save_module`, verifying the sha256 of its weights.
+
+    Parameters
+    ----------
+    path
+        The card, the weights or the stem; pickles are refused.
+    build
+        ``build(card, card_path)`` returns the untrained network the card describes, or raises ``MrdpmError``
+        naming ``card_path`` for an invalid architecture entry.
+    schema, schema_version, what
+        As :func:`read_module_card`.
+    map_location
+        Device for the weights.
+
+    Returns
+    -------
+    (torch.nn.Module, dict)
+        The network frozen (eval mode, no parameter requires gradients) on ``map_location``, and its card.
+
+    Raises
+    ------
+    MrdpmError
+        Naming the file: see :func:`read_module_card` and :func:`load_verified_weights`, and what ``build``
+        raises.
+    """
+    card, card_path = read_module_card(path, schema=schema, schema_version=schema_version, what=what)
+    module = build(card, card_path)
+    _, weights_path = checkpoint_paths(card_path)
+    load_verified_weights(module, weights_path, card.get("weights_sha256"), map_location)
+    return module.to(map_location).eval().requires_grad_(False), card
 
 
 def _weights_dir() -> Path:

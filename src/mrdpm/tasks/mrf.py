@@ -8,7 +8,7 @@ dictionary matching (:func:`quantitative_maps`):
 - ``low-rank``: conjugate gradient on the subspace normal equations (:func:`~mrdpm.physics.mrf_acquisition.
   low_rank_cg`), matched.
 - ``unet``: a BasicUNet regression from the gridding condition to the reference coefficients, trained on the same
-  patches as the diffusion model (:func:`train_unet_regression`), applied in overlapping windows.
+  patches as the diffusion model, applied in overlapping windows (:mod:`mrdpm.tasks.mrf_unet`).
 - ``diffusion`` (:func:`restore`): a conditional VP (DDPM epsilon) model trained on random 64 x 64 patches of
   (condition: gridding coefficients, target: reference coefficients of the full 1000-frame series), sampled with
   ``steps`` of its 1000 levels respaced (IDDPM respacing; ``eta = 1`` is the DDPM ancestral step with the
@@ -37,7 +37,6 @@ larger image (its group norms and attention span more pixels); check their accur
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -47,38 +46,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.nets import BasicUNet
-from safetensors.torch import save_file
-from torch import nn
-from tqdm.auto import tqdm
 
-from mrdpm import __version__
-from mrdpm.data.config import DataConfig
-from mrdpm.data.images import TrainingImages
 from mrdpm.data.mrf_pairs import BASES_NAME, MrfCase, build_simulator
 from mrdpm.data.mrf_qmaps import MrfSimulator, support_mask
-from mrdpm.data.normalise import percentile_factor
 from mrdpm.diffusion.guidance import bind
-from mrdpm.diffusion.patches import PatchDenoiser, sliding_window, window_starts
+from mrdpm.diffusion.patches import PatchDenoiser, window_starts
 from mrdpm.diffusion.samplers import sample_ddim
 from mrdpm.diffusion.schedules import respace
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.metrics import nrmse, ssim
-from mrdpm.eval.supervised import UNET_PRESETS
-from mrdpm.models.checkpoint import atomic_write, checkpoint_paths, load_verified_weights, sha256_file
-from mrdpm.models.precond import Denoiser, from_channels, to_channels
-from mrdpm.models.unet import crop_to, pad_to_multiple
+from mrdpm.models.precond import Denoiser, from_channels
 from mrdpm.physics.mrf import Dictionary, match
 from mrdpm.physics.mrf_acquisition import SubspaceSpiralOperator, gridding_reconstruction, low_rank_cg
-from mrdpm.train.loop import step_seed
+from mrdpm.tasks.mrf_unet import MrfUNet, normalised_condition, unet_coefficients
 
-__all__ = ["METHODS", "UNET_CARD_SCHEMA", "MrfMaps", "MrfReconstruction", "MrfSetup", "MrfUNet", "ReconOptions",
-           "RestoreResult", "check_model_basis", "check_mrf_model", "load_unet_regression", "map_metrics",
-           "model_percentile", "quantitative_maps", "reconstruct_slice", "restore", "setup_for_case",
-           "train_unet_regression", "unet_coefficients"]
+__all__ = ["METHODS", "MrfMaps", "MrfReconstruction", "MrfSetup", "ReconOptions", "RestoreResult",
+           "check_model_basis", "check_mrf_model", "map_metrics", "model_percentile", "quantitative_maps",
+           "reconstruct_slice", "restore", "setup_for_case"]
 
-UNET_CARD_SCHEMA = "mrdpm-mrf-unet"
-_UNET_MULTIPLE = 16  # BasicUNet: four halvings
 _ROI_MARGIN = 4  # pixels added around the bounding box of the region of interest
 
 
@@ -223,17 +208,6 @@ def _region(roi: torch.Tensor | None, shape: tuple[int, int]) -> tuple[slice, sl
     return box[0], box[1]
 
 
-def _normalised_channels(condition: torch.Tensor, percentile: float) -> tuple[torch.Tensor, float]:
-    """The condition as ``(2K, H, W)`` real channels divided by their percentile factor, and the factor."""
-    if condition.dim() != 3 or not condition.is_complex():
-        raise ValueError(f"condition must be complex (K, H, W), got {condition.dtype} {tuple(condition.shape)}")
-    channels = to_channels(condition[None].to(torch.complex64))[0]
-    factor = float(percentile_factor(channels, percentile))
-    if factor <= 0:
-        raise ValueError("the condition is all zeros at the normalisation percentile")
-    return channels / factor, factor
-
-
 def restore(condition: torch.Tensor, model: Denoiser, *, steps: int = 50, samples: int = 10, patch: int | None = 64,
             stride: int = 8, eta: float = 1.0, seed: int = 0, batch_size: int = 64, percentile: float = 99.0,
             roi: torch.Tensor | None = None, progress: bool = False) -> RestoreResult:
@@ -281,7 +255,7 @@ def restore(condition: torch.Tensor, model: Denoiser, *, steps: int = 50, sample
     if samples < 1 or batch_size < 1 or (patch is not None and not 1 <= stride <= patch):
         raise ValueError(f"need samples >= 1, batch_size >= 1 and 1 <= stride <= patch, got {samples=}, "
                          f"{batch_size=}, {stride=}, {patch=}")
-    channels, factor = _normalised_channels(condition, percentile)
+    channels, factor = normalised_condition(condition, percentile)
     shape = tuple(channels.shape[-2:])
     box = _region(roi, shape)
     device = next(model.parameters()).device
@@ -309,145 +283,6 @@ def restore(condition: torch.Tensor, model: Denoiser, *, steps: int = 50, sample
             "seed": seed, "percentile": percentile, "intensity_factor": factor,
             "region": [[b.start, b.stop] for b in box], "windows_per_sample": n_windows}
     return RestoreResult(from_channels(out, True), result.nfe, seconds, info)
-
-
-class MrfUNet(nn.Module):
-    """Regression U-Net (MONAI ``BasicUNet``) from normalised condition channels to target channels.
-
-    Parameters
-    ----------
-    channels
-        Real channels in and out (``2K``).
-    features
-        The six BasicUNet feature counts (:data:`mrdpm.eval.supervised.UNET_PRESETS`).
-    """
-
-    def __init__(self, channels: int, features: tuple[int, ...]):
-        super().__init__()
-        self.channels, self.features = int(channels), tuple(int(f) for f in features)
-        self.net = BasicUNet(spatial_dims=2, in_channels=self.channels, out_channels=self.channels,
-                             features=self.features)
-
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        """``(B, 2K, h, w)`` float32 -> ``(B, 2K, h, w)`` (reflect-padded to a multiple of 16 inside)."""
-        x, crop = pad_to_multiple(cond, _UNET_MULTIPLE, 2)
-        return crop_to(self.net(x), crop)
-
-
-def _training_pairs(data: DataConfig) -> TrainingImages:
-    if not data.is_paired or data.is_complex or data.pair_scale != "condition" or data.patch_size is None:
-        raise ValueError("the U-Net regression needs the diffusion config's data: real paired channels, "
-                         "pair_scale 'condition' and a patch_size")
-    images = TrainingImages(data)
-    if images.image_channels != images.condition_channels:
-        raise ValueError(f"targets have {images.image_channels} channels, conditions {images.condition_channels}")
-    return images
-
-
-def train_unet_regression(data: DataConfig, out_stem: str | Path, *, steps: int, batch_size: int = 8,
-                          lr: float = 1e-3, seed: int = 0, preset: str = "small", progress: bool = False) -> Path:
-    """Train :class:`MrfUNet` on random patches of the pairs (MSE, Adam, cosine decay, clip 1); save it.
-
-    Parameters
-    ----------
-    data
-        The ``[data]`` section of the diffusion model's config (same patches, normalisation, held-out subjects).
-    out_stem
-        Output ``<stem>.safetensors`` + ``<stem>.json`` (card schema ``mrdpm-mrf-unet``).
-    steps, batch_size, lr, seed
-        Optimisation; ``seed`` seeds the initialisation and each step's batch.
-    preset
-        Network size, a key of :data:`mrdpm.eval.supervised.UNET_PRESETS`.
-    progress
-        Progress bar.
-
-    Returns
-    -------
-    Path
-        The card.
-    """
-    if steps < 1 or batch_size < 1 or not lr > 0 or preset not in UNET_PRESETS:
-        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0 and a preset of {sorted(UNET_PRESETS)}, got "
-                         f"{steps=}, {batch_size=}, {lr=}, {preset=}")
-    images = _training_pairs(data)
-    torch.manual_seed(seed)
-    model = MrfUNet(images.image_channels, UNET_PRESETS[preset]).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    losses, began = [], time.perf_counter()
-    for step in tqdm(range(1, steps + 1), desc="mrf unet", disable=not progress):
-        batch = images.sample(batch_size, generator=torch.Generator().manual_seed(step_seed(seed, step)))
-        loss = (model(batch.cond) - batch.images).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-    head = max(1, steps // 10)
-    training = {"data": images.card(), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                "optimizer": "Adam, cosine decay, clip 1.0", "loss": "mean squared error in normalised units",
-                "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
-                "seconds": round(time.perf_counter() - began, 1)}
-    normalisation = images.normalisation.card() | {"pair_scale": data.pair_scale}
-    return _save_unet(model.eval(), Path(out_stem), preset, normalisation, training)
-
-
-def _save_unet(model: MrfUNet, out_stem: Path, preset: str, normalisation: dict, training: dict) -> Path:
-    card_path, weights_path = checkpoint_paths(out_stem)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    card = {"schema": UNET_CARD_SCHEMA, "schema_version": 1, "name": card_path.stem, "mrdpm_version": __version__,
-            "summary": f"MRF regression U-Net ({preset}), gridding condition -> reference coefficients, "
-                       f"{training['steps']} steps",
-            "architecture": {"network": "monai.networks.nets.BasicUNet", "channels": model.channels,
-                             "features": list(model.features), "preset": preset, "spatial_multiple": _UNET_MULTIPLE},
-            "intensity_normalisation": normalisation, "num_parameters": sum(v.numel() for v in state.values()),
-            "weights_sha256": sha256_file(weights_path), "training": training}
-    text = json.dumps(card, indent=2) + "\n"
-    atomic_write(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return card_path
-
-
-def load_unet_regression(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[MrfUNet, dict]:
-    """Load a U-Net saved by :func:`train_unet_regression`, verifying its weights' sha256.
-
-    Raises
-    ------
-    MrdpmError
-        Naming the file: missing or invalid card, another kind of checkpoint, hash mismatch, bad weights.
-    """
-    card_path, weights_path = checkpoint_paths(path)
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MrdpmError("U-Net card not found (a checkpoint is <stem>.json + <stem>.safetensors)",
-                         path=card_path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MrdpmError(f"U-Net card is not valid JSON: {err}", path=card_path) from err
-    arch = card.get("architecture") if isinstance(card, dict) else None
-    if not isinstance(arch, dict) or card.get("schema") != UNET_CARD_SCHEMA:
-        raise MrdpmError(f"not an MRF U-Net card (schema {UNET_CARD_SCHEMA!r})", path=card_path)
-    try:
-        model = MrfUNet(arch["channels"], arch["features"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise MrdpmError(f"bad architecture in the card: {err!r}", path=card_path) from err
-    load_verified_weights(model, weights_path, card.get("weights_sha256"), map_location)
-    return model.to(map_location).eval().requires_grad_(False), card
-
-
-@torch.no_grad()
-def unet_coefficients(condition: torch.Tensor, model: MrfUNet, *, patch: int = 64, stride: int = 32,
-                      batch_size: int = 16, percentile: float = 99.0) -> torch.Tensor:
-    """The U-Net's estimate of the reference coefficients ``(K, H, W)`` complex64 from the condition ``(K, H, W)``.
-
-    Windows of ``patch`` (the training patch) every ``stride`` pixels, blended; normalised as :func:`restore`.
-    """
-    channels, factor = _normalised_channels(condition, percentile)
-    device = next(model.parameters()).device
-    out = sliding_window(model, channels[None].to(device), patch, stride, batch_size=batch_size)
-    return from_channels(out.float().cpu() * factor, True)[0]
 
 
 def model_percentile(card: dict, card_path: str | Path) -> float:
@@ -629,7 +464,7 @@ def reconstruct_slice(setup: MrfSetup, kspace: torch.Tensor, method: str, *, mod
     method
         ``diffusion``, ``svd``, ``low-rank`` or ``unet``.
     model
-        A :class:`~mrdpm.models.precond.Denoiser` (diffusion) or :class:`MrfUNet` (unet).
+        A :class:`~mrdpm.models.precond.Denoiser` (diffusion) or :class:`~mrdpm.tasks.mrf_unet.MrfUNet` (unet).
     mask
         ``(H, W)`` bool pixels to match (and the diffusion's region); None: the support of the gridding
         reconstruction's first coefficient (:func:`~mrdpm.data.mrf_qmaps.support_mask`).
