@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mrdpm.cli import train_cmd
-from mrdpm.cli.options import positive_float, positive_int, slice_range
+from mrdpm.cli.options import positive_float, positive_int, slice_range, unit_float
 from mrdpm.data.mrf_pairs import (
     MrfCase,
     MrfSimulationSettings,
@@ -44,13 +44,6 @@ __all__ = ["register"]
 
 _DEFAULTS = MrfSimulationSettings()
 _RECON = ReconOptions()
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -181,7 +174,7 @@ def _register_recon(mrf: argparse._SubParsersAction) -> None:
                         "region in one window")
     r.add_argument("--stride", type=positive_int, default=_RECON.stride,
                    help=f"diffusion window step, at most the patch (default {_RECON.stride}, as the paper)")
-    r.add_argument("--eta", type=_unit_float, default=_RECON.eta,
+    r.add_argument("--eta", type=unit_float, default=_RECON.eta,
                    help=f"sampler noise: 1 DDPM ancestral (default), 0 DDIM (default {_RECON.eta})")
     r.add_argument("--no-roi", action="store_true",
                    help="diffusion: sample the whole slice (default: only the tissue's bounding box)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mrdpm.cli.options import positive_float
+from mrdpm.cli.options import non_negative_float, positive_float
 from mrdpm.data.neonatal import CONTRASTS, synthesise_neonatal
 
 
@@ -36,13 +36,6 @@ def _contrasts(text: str) -> list[str]:
     return values
 
 
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``neonatal`` command group."""
     p = sub.add_parser("neonatal", help="neonatal 1 T (in-NICU permanent magnet) data from the neonatal atlas",
@@ -70,9 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="foreground-mean SNR of the noisy volumes in dB (default 18)")
     s.add_argument("--held-out", type=_int_list, default=[30, 36, 42],
                    help="ages (weeks) kept for evaluation, comma-separated; subject IDs neo<age> (default 30,36,42)")
-    s.add_argument("--partial-volume-mm", type=_non_negative, default=0.6,
+    s.add_argument("--partial-volume-mm", type=non_negative_float, default=0.6,
                    help="std of the partial-volume Gaussian blur on the atlas grid in mm (default 0.6; 0: none)")
-    s.add_argument("--texture", type=_non_negative, default=1.0,
+    s.add_argument("--texture", type=non_negative_float, default=1.0,
                    help="strength of the template's within-tissue texture (default 1; 0: piecewise constant)")
     s.add_argument("--seed", type=int, default=0, help="noise seed; each file's is derived from it (default 0)")
     s.set_defaults(func=run_synthesise)

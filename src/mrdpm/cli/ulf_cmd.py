@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrdpm.cli.options import positive_float, positive_int
+from mrdpm.cli.options import non_negative_float, positive_float, positive_int, unit_float
 from mrdpm.data.ulf_pairs import FORMATS, make_ulf_pairs
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.figures import save_panels
@@ -59,20 +59,6 @@ def _voxel_or_iso_int(text: str) -> tuple[int, int, int]:
     if len(values) != 3 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected one positive integer or three D,H,W, got {text!r}")
     return values
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _add_physics_options(p: argparse.ArgumentParser) -> None:
@@ -173,16 +159,16 @@ def _register_enhance(ulf: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--output", required=True, help="output NIfTI of the mean (.nii.gz or .nii)")
     e.add_argument("--model", required=True,
                    help="conditional 3D model: checkpoint card (.json), weights (.safetensors), stem, or shipped name")
-    e.add_argument("--strength", type=_unit_float, default=0.65,
+    e.add_argument("--strength", type=unit_float, default=0.65,
                    help="fraction of the diffusion the input is noised through, 0..1 (default 0.65, as MRIQT)")
     e.add_argument("--steps", type=positive_int, default=20,
                    help="DDIM steps from that noise level to 0 (default 20; at most strength * T)")
     e.add_argument("--samples", type=positive_int, default=4,
                    help="independent samples averaged into the mean; their spread is the std map (default 4)")
-    e.add_argument("--guidance", type=_non_negative_float, default=2.0,
+    e.add_argument("--guidance", type=non_negative_float, default=2.0,
                    help="classifier-free guidance weight on the condition (default 2; 1 = plain conditional, "
                         "half the cost)")
-    e.add_argument("--eta", type=_unit_float, default=0.0, help="DDIM stochasticity 0..1 (default 0)")
+    e.add_argument("--eta", type=unit_float, default=0.0, help="DDIM stochasticity 0..1 (default 0)")
     e.add_argument("--patch", type=_voxel_or_iso_int, default=None,
                    help="3D window D,H,W or one size in voxels (default: the model's training patch)")
     e.add_argument("--stride", type=_voxel_or_iso_int, default=None,
