@@ -449,6 +449,26 @@ def _target_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _overview_lines(summary: list[dict]) -> list[str]:
+    """PSNR table: mean dB over slices per case and mask (rows) and method (columns).
+
+    ``(n=k)`` marks a method that ran on fewer slices than the row's most.
+    """
+    methods = list(dict.fromkeys(r["method"] for r in summary if "psnr" in r))
+    rows: dict[tuple, dict] = {}
+    for r in summary:
+        if "psnr" in r:
+            rows.setdefault((r["case"], r["mask"]), {})[r["method"]] = r
+    lines = ["", "### Overview: PSNR (dB)", "", "| case, mask | " + " | ".join(methods) + " |",
+             "| --- " * (len(methods) + 1) + "|"]
+    for (case, mask), cells in rows.items():
+        most = max(c["slices"] for c in cells.values())
+        text = [("-" if m not in cells else f"{cells[m]['psnr']:.2f}"
+                 + (f" (n={cells[m]['slices']})" if cells[m]["slices"] < most else "")) for m in methods]
+        lines.append(f"| {case}, {mask} | " + " | ".join(text) + " |")
+    return lines
+
+
 def write_markdown(report: dict, path: Path) -> None:
     s = report["settings"]
     lines = [f"IXI held-out subjects and axial slices: {report['slices']}; {s['coils']} simulated coils, SNR "
@@ -461,7 +481,7 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append(f"- run {run['index']}: `{run['command']}`; {m['cpu']} ({m['cpu_count']} CPUs), "
                      f"{m['torch_threads']} torch threads, torch {m['torch']}, load average {m['load_average']:.2f} "
                      f"at start, {run['started']}")
-    lines += _target_lines(report.get("targets", []))
+    lines += _overview_lines(report["summary"]) + _target_lines(report.get("targets", []))
     current = None
     for row in report["summary"]:
         if (row["case"], row["mask"]) != current:
