@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -259,3 +260,13 @@ def test_models_cli_through_main(registry, monkeypatch, capsys):
     assert "knee-edm" in capsys.readouterr().out
     assert cli_main.main(["models", "info", "liver"]) == 2
     assert "no shipped model" in capsys.readouterr().err
+
+
+def test_shipped_prior_card_has_curve_validation_and_held_out_subjects(capsys):
+    """The issue asks the shipped prior's card for steps, the loss curve, validation metrics and held-out IDs."""
+    assert cli_main.main(["models", "info", "ixi-t1-small"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"training: +\d+ of \d+ steps", out)
+    assert int(re.search(r"\((\d+) curve points\)", out).group(1)) >= 10
+    assert re.search(r"validation: +step \d+: val_loss [0-9.]+, denoised PSNR", out)
+    assert "held out: IXI527-HH-2376" in out

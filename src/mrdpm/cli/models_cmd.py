@@ -22,6 +22,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _training_line(training: dict | None) -> str:
+    """Steps, batch, time, loss and held-out subjects of a card's ``training`` entry (all of it: ``--json``)."""
+    if not training:
+        return "not recorded"
+    loss = training.get("loss") or {}
+    held_out = (training.get("data") or {}).get("held_out_subjects") or []
+    parts = [f"{training.get('steps')} of {training.get('planned_steps')} steps, batch {training.get('batch_size')}, "
+             f"{training.get('seconds', 0) / 3600:.1f} h"]
+    if loss:
+        parts.append(f"loss {loss['first']:.3g} -> {loss['last']:.3g} ({len(loss.get('curve', []))} curve points)")
+    if held_out:
+        parts.append(f"held out: {', '.join(held_out)}")
+    return "; ".join(parts)
+
+
+def _validation_line(validation: dict | None) -> str:
+    """The last and best held-out validation rows of a card."""
+    if not validation:
+        return "not recorded"
+    last, best = validation["last"], validation["best"]
+    psnr = ", ".join(f"{k.split('@')[1]}: {v:.1f}" for k, v in last.items() if k.startswith("val_psnr@"))
+    return (f"step {last['step']}: val_loss {last['val_loss']:.4g}, denoised PSNR dB by sigma {{{psnr}}}; best "
+            f"val_loss {best['val_loss']:.4g} at step {best['step']}")
+
+
 def _describe(card: dict) -> list[str]:
     """Human-readable lines of a card's main entries."""
     config = card["config"]
@@ -36,7 +61,8 @@ def _describe(card: dict) -> list[str]:
         f"classes:          {classes}",
         f"resolution:       {json.dumps(card['resolution'])}",
         f"intensity:        {json.dumps(card['intensity_normalisation'])}",
-        f"training:         {json.dumps(card['training'])}",
+        f"training:         {_training_line(card.get('training'))}",
+        f"validation:       {_validation_line(card.get('validation'))}",
         f"weights sha256:   {card['weights_sha256']}",
         f"mrdpm version:    {card['mrdpm_version']}",
     ]
