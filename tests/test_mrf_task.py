@@ -280,7 +280,7 @@ def test_cli_recon_with_models_and_errors(pairs, case_path, tmp_path, capsys):
             (["recon", str(tmp_path / "partial.npz"), "-o", str(out), "--method", "svd"], "missing keys",
              tmp_path / "partial.npz"),
             (["recon", str(case_path), "-o", str(out), "--method", "unet", "--model", str(run / "model.json")],
-             "not a mrdpm-mrf-unet card", run / "model.json"),
+             "not a mrdpm-regression-unet card", run / "model.json"),
             (["make-pairs", str(case_path), "-o", str(tmp_path / "p"), "--held-out", "vol01"], "match no input",
              case_path)):
         assert main(["mrf", *argv]) == 2

@@ -1,9 +1,7 @@
 """The supervised U-Net baseline and the accelerated-reconstruction benchmark harness, on tiny synthetic data."""
 
-import importlib.util
 import json
 import math
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from mrdpm.tasks.accel import reconstruct
 
 SHAPE = (10, 32, 24)  # (D, H, W): axial slices of 32x24
 EVAL_SUBJECT, TRAIN_SUBJECT = "IXI527-HH-2376", "IXI002-XX-0001"
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "accel.py"
 
 
 def phantom_volume(seed: int) -> torch.Tensor:
@@ -112,13 +109,8 @@ def test_load_refuses_pickles_and_tampered_weights(unet_card, tmp_path):
 
 
 @pytest.fixture
-def bench(monkeypatch):
-    """benchmarks/accel.py as a module (registered while the test runs, as its dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("accel_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("accel")
 
 
 def test_benchmark_end_to_end_with_resume(bench, data_root, tmp_path):

@@ -22,7 +22,7 @@ from mrdpm.data.mrf_pairs import (
 from mrdpm.data.mrf_qmaps import QMaps, load_qmaps
 from mrdpm.data.volumes import subject_id
 from mrdpm.errors import MrdpmError
-from mrdpm.eval.supervised import UNET_PRESETS
+from mrdpm.eval.regression import PRESETS as UNET_PRESETS
 from mrdpm.io.nifti import write_nifti
 from mrdpm.models.checkpoint import resolve_model
 from mrdpm.tasks.dpm import load_prior

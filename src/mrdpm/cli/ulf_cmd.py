@@ -1,10 +1,11 @@
-"""``mrdpm ulf``: ultra-low-field simulation, paired training data, and quality transfer with a diffusion model."""
+"""``mrdpm ulf``: ultra-low-field simulation, paired training data, and quality transfer (diffusion or U-Net)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from mrdpm.cli.options import non_negative_float, positive_float, positive_int, 
 from mrdpm.data.ulf_pairs import FORMATS, make_ulf_pairs
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.figures import save_panels
+from mrdpm.eval.regression import PRESETS, load_regression_unet, train_regression_unet, training_patch
 from mrdpm.io.containers import Volume
 from mrdpm.io.nifti import write_nifti
 from mrdpm.io.read import read_image
-from mrdpm.models.checkpoint import resolve_model
+from mrdpm.models.checkpoint import checkpoint_paths, resolve_model
 from mrdpm.physics.lowfield import (
     LowFieldSettings,
     apply_transfer_function,
@@ -28,7 +30,8 @@ from mrdpm.physics.lowfield import (
     simulate_low_field,
 )
 from mrdpm.tasks.dpm import load_prior
-from mrdpm.tasks.ulf import enhance, orthogonal_mosaic
+from mrdpm.tasks.ulf import UlfResult, condition_percentile, enhance, enhance_unet, orthogonal_mosaic
+from mrdpm.train.config import load_config
 
 
 def _voxel(text: str) -> tuple[float, float, float]:
@@ -88,8 +91,9 @@ def _physics_settings(args: argparse.Namespace) -> LowFieldSettings:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``ulf`` command group."""
-    p = sub.add_parser("ulf", help="ultra-low-field (64 mT) simulation from high-field volumes",
-                       description="Simulate portable ultra-low-field scans from high-field volumes.")
+    p = sub.add_parser("ulf", help="ultra-low-field (64 mT) simulation and quality transfer to high field",
+                       description="Simulate portable ultra-low-field scans from high-field volumes, make paired "
+                                   "training data, train the U-Net baseline and enhance low-field volumes.")
     ulf = p.add_subparsers(dest="ulf_command", metavar="ULF_COMMAND", required=True)
 
     s = ulf.add_parser(
@@ -120,6 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--eps", type=positive_float, default=1e-3, help="regulariser of the division (default 1e-3)")
     f.set_defaults(func=run_fit)
     _register_make_pairs(ulf)
+    _register_train_unet(ulf)
     _register_enhance(ulf)
 
 
@@ -147,6 +152,27 @@ def _register_make_pairs(ulf: argparse._SubParsersAction) -> None:
     m.set_defaults(func=run_make_pairs)
 
 
+def _register_train_unet(ulf: argparse._SubParsersAction) -> None:
+    t = ulf.add_parser(
+        "train-unet", help="train the 3D regression U-Net baseline on the diffusion config's pairs",
+        description="Train a 3D BasicUNet regression from the low-field condition to the high-field target on the "
+                    "random patches of the training config's [data] (the same pairs, patches, normalisation and "
+                    "held-out subjects as the diffusion model), with a mean squared error (Adam, cosine decay). "
+                    "Writes RUN_DIR/unet.json + unet.safetensors; use it with `ulf enhance --method unet`.")
+    t.add_argument("config", type=Path, help="training config (.toml) of the diffusion model, e.g. "
+                                             "configs/ulf-small.toml")
+    t.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<config name>-unet)")
+    t.add_argument("--steps", type=positive_int, default=3000, help="optimiser steps (default 3000)")
+    t.add_argument("--unet-preset", choices=sorted(PRESETS), default="small",
+                   help="network size (default small: 1.44M parameters in 3D)")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="patches per step (default optim.batch_size)")
+    t.add_argument("--lr", type=positive_float, default=1e-3, help="initial learning rate (default 1e-3)")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train (default auto: CUDA when available)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train_unet)
+
+
 def _register_enhance(ulf: argparse._SubParsersAction) -> None:
     e = ulf.add_parser(
         "enhance", help="estimate a high-field volume from a low-field one with a conditional diffusion model",
@@ -154,11 +180,16 @@ def _register_enhance(ulf: argparse._SubParsersAction) -> None:
                     "conditional 3D model (sliding 3D windows, classifier-free guidance on the low-field "
                     "condition), --samples times. Writes the mean to OUTPUT, the voxel-wise standard deviation to "
                     "<stem>_std.nii.gz and a figure of orthogonal slices (low field / mean / std) to <stem>.png, "
-                    "all with the input's geometry.")
+                    "all with the input's geometry. --method unet applies the regression U-Net of `ulf train-unet` "
+                    "instead (one pass in sliding windows; OUTPUT and <stem>.png, no std; the diffusion options "
+                    "are then unused).")
     e.add_argument("image", help="low-field magnitude volume (NIfTI, .npy or DICOM)")
     e.add_argument("-o", "--output", required=True, help="output NIfTI of the mean (.nii.gz or .nii)")
+    e.add_argument("--method", choices=("diffusion", "unet"), default="diffusion",
+                   help="diffusion (default) or unet (the regression baseline)")
     e.add_argument("--model", required=True,
-                   help="conditional 3D model: checkpoint card (.json), weights (.safetensors), stem, or shipped name")
+                   help="diffusion: conditional 3D model card (.json), weights (.safetensors), stem, or shipped "
+                        "name; unet: the U-Net's card (RUN_DIR/unet.json)")
     e.add_argument("--strength", type=unit_float, default=0.65,
                    help="fraction of the diffusion the input is noised through, 0..1 (default 0.65, as MRIQT)")
     e.add_argument("--steps", type=positive_int, default=20,
@@ -262,34 +293,69 @@ def _output_stem(path: str) -> str:
     raise MrdpmError("the output must be a NIfTI file (.nii.gz or .nii)", path=path)
 
 
+def _device(choice: str) -> str:
+    return choice if choice != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_train_unet(args: argparse.Namespace) -> int:
+    """Train the 3D regression U-Net on the config's pairs; print a one-line JSON summary."""
+    config = load_config(args.config)
+    data = config.data
+    if data.spatial_dims != 3 or data.image_type != "magnitude" or data.channels_first:
+        raise MrdpmError(f"the ULF U-Net needs 3D magnitude volumes of one channel, but the config's data have "
+                         f"spatial_dims={data.spatial_dims}, image_type={data.image_type!r}, "
+                         f"channels_first={data.channels_first}", path=args.config)
+    run_dir = args.run_dir or Path("runs") / f"{args.config.stem}-unet"
+    try:
+        card_path = train_regression_unet(data, run_dir / "unet", what="64 mT volume -> high-field volume (ULF)",
+                                          steps=args.steps, batch_size=args.batch_size or config.optim.batch_size,
+                                          lr=args.lr, seed=config.run.seed, preset=args.unet_preset,
+                                          device=_device(args.device), progress=not args.no_progress)
+    except ValueError as err:  # data that are not real pairs with pair_scale "condition" and a patch size
+        raise MrdpmError(str(err), path=args.config) from err
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    print(json.dumps({"card": str(card_path), "summary": card["summary"],
+                      "loss_first": card["training"]["loss_first"], "loss_last": card["training"]["loss_last"],
+                      "seconds": card["training"]["seconds"]}))
+    return 0
+
+
+def _enhance_with(args: argparse.Namespace, volume: Volume, device: str) -> tuple[UlfResult, dict, Path]:
+    """Run ``--method`` on the volume: the result, the model's card and its path."""
+    if args.method == "unet":
+        card_path, _ = checkpoint_paths(args.model)
+        model, card = load_regression_unet(card_path, device, spatial_dims=3, channels=1, what="ULF U-Net")
+        method = partial(enhance_unet, model=model)
+    else:
+        card_path = resolve_model(args.model)
+        model, card = load_prior(str(card_path), device)
+        method = partial(enhance, denoiser=model, strength=args.strength, steps=args.steps, samples=args.samples,
+                         guidance=args.guidance, eta=args.eta, seed=args.seed, progress=args.progress)
+    percentile = condition_percentile(card, card_path)
+    try:
+        result = method(volume, patch=args.patch or training_patch(card), stride=args.stride,
+                        batch_size=args.batch_size, percentile=percentile)
+    except ValueError as err:  # model unsuited, or options that do not fit it (steps, guidance, patch)
+        raise MrdpmError(str(err), path=card_path) from err
+    return result, card, card_path
+
+
 def run_enhance(args: argparse.Namespace) -> int:
-    """Enhance a low-field volume; write mean, std and figure; print a one-line JSON summary."""
+    """Enhance a low-field volume; write mean, std (diffusion) and figure; print a one-line JSON summary."""
     stem = _output_stem(args.output)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     volume = _magnitude(args.image)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    card_path = resolve_model(args.model)
-    denoiser, card = load_prior(str(card_path), device)
-    normalisation = card.get("intensity_normalisation") or {}
-    if normalisation.get("pair_scale") != "condition":
-        raise MrdpmError(f"the model was trained with pair_scale={normalisation.get('pair_scale')!r}; enhancement "
-                         "needs 'condition' (inputs normalised by the low-field volume's own factor)", path=card_path)
-    shape = ((card.get("training") or {}).get("data") or {}).get("image_shape")
-    patch = args.patch or (tuple(shape) if shape else None)
-    try:
-        result = enhance(volume, denoiser, strength=args.strength, steps=args.steps, samples=args.samples,
-                         guidance=args.guidance, patch=patch, stride=args.stride, batch_size=args.batch_size,
-                         percentile=float(normalisation.get("percentile", 99.0)), eta=args.eta, seed=args.seed,
-                         progress=args.progress)
-    except ValueError as err:  # model unsuited, or options that do not fit it (steps, guidance, patch)
-        raise MrdpmError(str(err), path=card_path) from err
-    mean_path = write_nifti(args.output, result.mean)
-    std_path = write_nifti(f"{stem}_std.nii.gz", result.std)
-    panels = {"low field": orthogonal_mosaic(volume.data.float()), "mean": orthogonal_mosaic(result.mean.data),
-              "std": orthogonal_mosaic(result.std.data)}
-    figure = save_panels(f"{stem}.png", panels)
-    trained_mm = (card.get("resolution") or {}).get("pixel_size_mm") or []
-    print(json.dumps({"output": str(mean_path), "std": str(std_path), "figure": str(figure), "model": str(card_path),
-                      "nfe": result.nfe, "seconds": round(result.seconds, 2),
-                      "input_voxel_mm": list(volume.voxel_size_mm), "model_voxel_mm": trained_mm, **result.info}))
+    result, card, card_path = _enhance_with(args, volume, _device(args.device))
+    written = {"output": str(write_nifti(args.output, result.mean))}
+    label = "mean" if args.method == "diffusion" else "U-Net"
+    panels = {"low field": orthogonal_mosaic(volume.data.float()), label: orthogonal_mosaic(result.mean.data)}
+    if args.method == "diffusion":
+        written["std"] = str(write_nifti(f"{stem}_std.nii.gz", result.std))
+        panels["std"] = orthogonal_mosaic(result.std.data)
+    written["figure"] = str(save_panels(f"{stem}.png", panels))
+    sources = ((card.get("training") or {}).get("data") or {}).get("sources") or [{}]
+    trained_mm = (card.get("resolution") or {}).get("pixel_size_mm") or sources[0].get("pixel_size_mm") or []
+    print(json.dumps({**written, "method": args.method, "model": str(card_path), "nfe": result.nfe,
+                      "seconds": round(result.seconds, 2), "input_voxel_mm": list(volume.voxel_size_mm),
+                      "model_voxel_mm": trained_mm, **result.info}))
     return 0

@@ -7,8 +7,11 @@ Python float for the whole volume, as fastMRI's ``evaluate.py`` does:
 - ``nmse = ||t - r||^2 / ||t||^2`` and ``psnr = 10 log10(max(t)^2 / mean((t - r)^2))`` over all voxels;
 - ``ssim``: the mean over slices of the 2D SSIM (Wang et al., IEEE TIP 2004) with a 7x7 uniform window,
   ``K1 = 0.01``, ``K2 = 0.03``, sample covariances (``N / (N - 1)``), averaged over the window centres whose
-  window lies inside the image, i.e. scikit-image's ``structural_similarity`` defaults;
-- the data range of ``psnr`` and ``ssim`` is the maximum of the target over the whole volume.
+  window lies inside the image, i.e. scikit-image's ``structural_similarity`` defaults; with
+  ``spatial_dims=3`` the same on a ``(D, H, W)`` volume with a 7x7x7 window (scikit-image's 3D SSIM);
+- the data range of ``psnr`` and ``ssim`` is the maximum of the target over the whole volume;
+- ``mae = mean(|t - r|)`` (in the images' units) and ``pearson``, the correlation coefficient of target and
+  reconstruction voxel values, over all voxels.
 
 An optional boolean ``mask`` (broadcastable to the images, e.g. ``(H, W)``) restricts every sum and mean, and the
 target maximum, to the pixels where it is True (for ``ssim``: to the window centres inside it).
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["evaluate", "nmse", "nrmse", "psnr", "ssim"]
+__all__ = ["evaluate", "mae", "nmse", "nrmse", "pearson", "psnr", "ssim"]
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -90,12 +93,33 @@ def psnr(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> 
     return math.inf if mse == 0.0 else 10.0 * math.log10(peak**2 / mse)
 
 
-def _ssim_map(t: torch.Tensor, r: torch.Tensor, data_range: float) -> torch.Tensor:
-    """SSIM at every window centre whose 7x7 window fits: ``(S, H, W)`` -> ``(S, H - 6, W - 6)``."""
-    n = SSIM_WINDOW**2
+def mae(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Mean absolute error ``mean(|t - r|)`` of magnitudes over the volume (or the mask), in the images' units."""
+    t, r, m = _prepare(target, recon, mask)
+    return float((_select(t, m) - _select(r, m)).abs().mean())
+
+
+def pearson(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Pearson correlation coefficient of the magnitudes' voxel values over the volume (or the mask).
+
+    ``sum((t - mean t)(r - mean r)) / sqrt(sum (t - mean t)^2 sum (r - mean r)^2)``; NaN when either is constant.
+    """
+    t, r, m = _prepare(target, recon, mask)
+    t, r = _select(t, m), _select(r, m)
+    t, r = t - t.mean(), r - r.mean()
+    denominator = float((t.square().sum() * r.square().sum()).sqrt())
+    return float((t * r).sum()) / denominator if denominator > 0 else math.nan
+
+
+_AVG_POOL = {2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _ssim_map(t: torch.Tensor, r: torch.Tensor, data_range: float, spatial_dims: int) -> torch.Tensor:
+    """SSIM at every window centre whose 7^n window fits: ``(N, *spatial)`` -> ``(N, *(spatial - 6))``."""
+    n = SSIM_WINDOW**spatial_dims
     cov_norm = n / (n - 1)
-    stack = torch.stack([t, r, t * t, r * r, t * r], dim=1)  # (S, 5, H, W)
-    mu_t, mu_r, m_tt, m_rr, m_tr = F.avg_pool2d(stack, SSIM_WINDOW, stride=1).unbind(dim=1)
+    stack = torch.stack([t, r, t * t, r * r, t * r], dim=1)  # (N, 5, *spatial)
+    mu_t, mu_r, m_tt, m_rr, m_tr = _AVG_POOL[spatial_dims](stack, SSIM_WINDOW, stride=1).unbind(dim=1)
     var_t = cov_norm * (m_tt - mu_t * mu_t)
     var_r = cov_norm * (m_rr - mu_r * mu_r)
     cov = cov_norm * (m_tr - mu_t * mu_r)
@@ -105,27 +129,52 @@ def _ssim_map(t: torch.Tensor, r: torch.Tensor, data_range: float) -> torch.Tens
     return num / den
 
 
-def ssim(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
-    """Structural similarity of magnitudes, per 2D slice then averaged (fastMRI / scikit-image defaults).
+def ssim(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None, *, spatial_dims: int = 2) -> float:
+    """Structural similarity of magnitudes (fastMRI / scikit-image defaults; module docstring).
 
-    Slices smaller than the 7x7 window raise ValueError. With a mask, each slice's SSIM is the mean over the
-    window centres inside the mask, and slices with no such centre are left out of the average.
+    Parameters
+    ----------
+    target, recon
+        ``(H, W)`` or ``(S, H, W)`` images for ``spatial_dims=2``; a ``(D, H, W)`` volume for ``spatial_dims=3``.
+    mask
+        Optional boolean mask broadcastable to the images: each slice's (or the volume's) SSIM is then the mean
+        over the window centres inside it, and slices with no such centre are left out of the average.
+    spatial_dims
+        2: the SSIM of every 2D slice with a 7x7 window, averaged over slices; 3: the 3D SSIM of the volume
+        with a 7x7x7 window.
+
+    Returns
+    -------
+    float
+        In ``[-1, 1]``, 1 for identical images.
+
+    Raises
+    ------
+    ValueError
+        For images smaller than the window along a spatial axis, or a mask with no voxel at least 3 voxels
+        from the border.
     """
+    if spatial_dims not in _AVG_POOL:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims=}")
     t, r, m = _prepare(target, recon, mask)
-    if min(t.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(t.shape)}")
+    if spatial_dims == 3 and t.dim() != 3:
+        raise ValueError(f"3D ssim needs a (D, H, W) volume, got shape {tuple(t.shape)}")
+    spatial = tuple(t.shape[-spatial_dims:])
+    if min(spatial) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images of at least {'x'.join([str(SSIM_WINDOW)] * spatial_dims)}, got "
+                         f"{tuple(t.shape)}")
     data_range = float(_select(t, m).max())
-    t3, r3 = t.reshape(-1, *t.shape[-2:]), r.reshape(-1, *r.shape[-2:])
-    smap = _ssim_map(t3, r3, data_range)
+    smap = _ssim_map(t.reshape(-1, *spatial), r.reshape(-1, *spatial), data_range, spatial_dims)
+    axes = tuple(range(-spatial_dims, 0))
     if m is None:
-        return float(smap.mean(dim=(-2, -1)).mean())
+        return float(smap.mean(dim=axes).mean())
     pad = SSIM_WINDOW // 2
-    inside = m.reshape(-1, *m.shape[-2:])[:, pad:-pad, pad:-pad]
-    counts = inside.sum(dim=(-2, -1))
+    inside = m.reshape(-1, *spatial)[(slice(None), *(slice(pad, -pad),) * spatial_dims)]
+    counts = inside.sum(dim=axes)
     if not bool((counts > 0).any()):
         raise ValueError("mask holds no pixel at least 3 pixels from the image border")
-    per_slice = (smap * inside).sum(dim=(-2, -1))[counts > 0] / counts[counts > 0]
-    return float(per_slice.mean())
+    per_item = (smap * inside).sum(dim=axes)[counts > 0] / counts[counts > 0]
+    return float(per_item.mean())
 
 
 def evaluate(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> dict[str, float]:

@@ -38,6 +38,7 @@ from mrdpm.data.simulate import SimulationSettings, simulate_case
 from mrdpm.data.volumes import subject_id
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.classical import normalisation_scale, zero_filled
+from mrdpm.eval.regression import PRESETS, SPATIAL_MULTIPLE
 from mrdpm.models.checkpoint import load_module, save_module
 from mrdpm.models.fit import OPTIMIZER, fit
 from mrdpm.models.precond import from_channels, to_channels
@@ -48,13 +49,7 @@ __all__ = ["CARD_SCHEMA", "DEFAULT_SIMULATION", "UNET_PRESETS", "SupervisedUNet"
 
 CARD_SCHEMA = "mrdpm-supervised-unet"
 CARD_SCHEMA_VERSION = 1
-# BasicUNet feature counts (6 entries: 4 encoder levels, bottom, last decoder); parameters for 2 -> 2 channels.
-UNET_PRESETS: dict[str, tuple[int, ...]] = {
-    "tiny": (4, 4, 8, 8, 16, 4),  # ~8k parameters: tests only
-    "small": (16, 16, 32, 64, 128, 16),  # ~0.5M: ~0.7 s per step of 8 slices of 128x96 on one CPU thread
-    "base": (32, 32, 64, 128, 256, 32),  # ~2M: MONAI's default
-}
-SPATIAL_MULTIPLE = 16  # four halvings
+UNET_PRESETS = PRESETS  # BasicUNet sizes; "small": ~0.7 s per step of 8 slices of 128x96 on one CPU thread
 DEFAULT_SIMULATION = SimulationSettings(coils=8, mask="gaussian1d", acceleration=4.0, center_fraction=0.08,
                                         snr_db=30.0)
 MIN_FOREGROUND = 0.15  # fraction of a slice above 0.1 x its 99th percentile, as configs/ixi-t1-small.toml

@@ -18,6 +18,10 @@ inference (Meng et al. 2022; MRIQT, arXiv 2511.13232):
    condition dropout of training).
 4. Repeat for ``samples`` noise draws (one batch), take the voxel-wise mean and standard deviation, multiply by
    ``f``. The outputs keep the input's affine.
+
+The supervised baseline, :func:`enhance_unet`, applies a 3D regression U-Net
+(:mod:`mrdpm.eval.regression`, trained on the same pairs and patches) to the same normalised volume in
+overlapping windows and multiplies its output by ``f``: one network pass, no uncertainty.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,11 +39,13 @@ from mrdpm.diffusion.guidance import bind
 from mrdpm.diffusion.patches import PatchDenoiser
 from mrdpm.diffusion.samplers import randn_like, sample_ddim
 from mrdpm.diffusion.schedules import respace
+from mrdpm.errors import MrdpmError
+from mrdpm.eval.regression import RegressionUNet, apply_regression_unet
 from mrdpm.io.containers import Volume
 from mrdpm.models.precond import Denoiser
 
-__all__ = ["UlfResult", "check_ulf_model", "enhance", "noised_start", "orthogonal_mosaic", "start_timestep",
-           "strength_sigmas"]
+__all__ = ["UlfResult", "check_ulf_model", "check_ulf_unet", "condition_percentile", "enhance", "enhance_unet",
+           "noised_start", "orthogonal_mosaic", "start_timestep", "strength_sigmas"]
 
 
 @dataclass
@@ -55,7 +62,7 @@ class UlfResult:
         float32 ``(samples, D, H, W)``, the input's units.
     nfe
         Sequential network evaluations of the sampler (a patch-wise pass over the whole batch counts once, a
-        guided one twice).
+        guided one twice); 1 for the U-Net.
     seconds
         Wall time of the sampling, in seconds.
     info
@@ -84,6 +91,28 @@ def check_ulf_model(denoiser: Denoiser) -> None:
         raise ValueError(f"ULF enhancement needs a 3D model of one real channel conditioned on one real channel, "
                          f"got {cfg.spatial_dims=}, {cfg.image_channels=}, {cfg.complex_input=}, "
                          f"{cfg.cond_channels=}, {cfg.cond_complex=}")
+
+
+def check_ulf_unet(model: RegressionUNet) -> None:
+    """Raise ``ValueError`` unless ``model`` is a 3D regression U-Net of one channel (a magnitude volume)."""
+    if (model.spatial_dims, model.channels) != (3, 1):
+        raise ValueError(f"ULF enhancement needs a 3D U-Net of one channel, got {model.spatial_dims=}, "
+                         f"{model.channels=}")
+
+
+def condition_percentile(card: dict, card_path: str | Path) -> float:
+    """The intensity percentile of a ULF model card (diffusion or U-Net), which must say ``pair_scale = "condition"``.
+
+    Raises
+    ------
+    MrdpmError
+        Naming the card, for another pair scale (at inference only the low-field volume's own factor is known).
+    """
+    normalisation = card.get("intensity_normalisation") or {}
+    if normalisation.get("pair_scale") != "condition":
+        raise MrdpmError(f"the model was trained with pair_scale={normalisation.get('pair_scale')!r}; enhancement "
+                         "needs 'condition' (inputs normalised by the low-field volume's own factor)", path=card_path)
+    return float(normalisation.get("percentile", 99.0))
 
 
 def start_timestep(strength: float, num_timesteps: int) -> int:
@@ -184,20 +213,15 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
     UlfResult
     """
     check_ulf_model(denoiser)
-    data = lf.data
-    if data.ndim != 3 or data.is_complex():
-        raise ValueError(f"lf must be a real (D, H, W) volume, got {data.dtype} {tuple(data.shape)}")
     if samples < 1 or batch_size < 1:
         raise ValueError(f"samples and batch_size must be >= 1, got {samples=}, {batch_size=}")
     if guidance != 1.0 and denoiser.config.cond_dropout == 0:
         raise ValueError(f"{guidance=} needs a model trained with condition dropout (its cond_dropout is 0); "
                          "use guidance=1")
-    factor = float(percentile_factor(data, percentile))
-    if factor <= 0:
-        raise ValueError("the low-field volume is all zeros at the normalisation percentile")
+    x_lf, factor = _normalised_lf(lf, percentile)
     device = next(denoiser.parameters()).device
-    x_lf = (data.float() / factor).to(device)
-    patch = tuple(data.shape) if patch is None else patch
+    x_lf = x_lf.to(device)
+    patch = tuple(x_lf.shape) if patch is None else patch
     t0 = start_timestep(strength, denoiser.sigma_grid.numel())
     generator = torch.Generator(device).manual_seed(seed)
     info = {"strength": strength, "start_timestep": t0, "steps": steps, "samples": samples, "guidance": guidance,
@@ -221,11 +245,64 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
             denoiser.train(was_training)
         out, nfe = result.x, result.nfe
         info["stride"] = list(windows.stride) if not isinstance(windows.stride, int) else [windows.stride] * 3
-    seconds = time.perf_counter() - began
-    stack = (out[:, 0].float() * factor).cpu()
-    std = stack.std(0, correction=1) if samples > 1 else torch.zeros_like(stack[0])
+    return _result((out[:, 0].float() * factor).cpu(), lf, nfe, time.perf_counter() - began, info)
+
+
+def _normalised_lf(lf: Volume, percentile: float) -> tuple[torch.Tensor, float]:
+    """The ULF volume ``(D, H, W)`` float32 divided by its ``percentile``-th percentile, and that factor."""
+    data = lf.data
+    if data.ndim != 3 or data.is_complex():
+        raise ValueError(f"lf must be a real (D, H, W) volume, got {data.dtype} {tuple(data.shape)}")
+    factor = float(percentile_factor(data, percentile))
+    if factor <= 0:
+        raise ValueError("the low-field volume is all zeros at the normalisation percentile")
+    return data.float() / factor, factor
+
+
+def _result(stack: torch.Tensor, lf: Volume, nfe: int, seconds: float, info: dict) -> UlfResult:
+    """Mean and std (``correction=1``; zeros for one sample) of ``(samples, D, H, W)`` with ``lf``'s affine."""
+    std = stack.std(0, correction=1) if stack.shape[0] > 1 else torch.zeros_like(stack[0])
     affine = np.array(lf.affine, dtype=np.float64, copy=True)
     return UlfResult(Volume(stack.mean(0), affine), Volume(std, affine.copy()), stack, nfe, seconds, info)
+
+
+def enhance_unet(lf: Volume, model: RegressionUNet, *, patch: int | Sequence[int] | None = None,
+                 stride: int | Sequence[int] | None = None, batch_size: int = 8, percentile: float = 99.0,
+                 ) -> UlfResult:
+    """Estimate the high-field volume from a ULF one with the 3D regression U-Net baseline (module docstring).
+
+    Parameters
+    ----------
+    lf
+        ULF magnitude volume ``(D, H, W)`` with its affine (any size).
+    model
+        A 3D one-channel :class:`~mrdpm.eval.regression.RegressionUNet` (:func:`check_ulf_unet`), trained with
+        ``pair_scale = "condition"``.
+    patch, stride
+        3D windows (the training patch is the natural choice); None: the whole volume in one window, and a
+        stride of half the patch.
+    batch_size
+        Windows per network call.
+    percentile
+        Intensity normalisation percentile (the model card's).
+
+    Returns
+    -------
+    UlfResult
+        One sample: ``mean`` is the estimate, ``std`` zeros, ``nfe`` 1.
+    """
+    check_ulf_unet(model)
+    x_lf, factor = _normalised_lf(lf, percentile)
+    patch = tuple(x_lf.shape) if patch is None else patch
+    began = time.perf_counter()
+    out = apply_regression_unet(model, x_lf[None], patch=patch, stride=stride, batch_size=batch_size)
+    seconds = time.perf_counter() - began
+    per_axis = [patch] * 3 if isinstance(patch, int) else list(patch)
+    info = {"method": "unet", "patch": per_axis,
+            "stride": [(p + 1) // 2 for p in per_axis] if stride is None else
+            ([stride] * 3 if isinstance(stride, int) else list(stride)),
+            "percentile": percentile, "intensity_factor": factor}
+    return _result(out * factor, lf, 1, seconds, info)
 
 
 def orthogonal_mosaic(volume: torch.Tensor, gap: int = 1) -> torch.Tensor:

@@ -1,0 +1,161 @@
+"""The ULF U-Net baseline (`mrdpm ulf train-unet`, `ulf enhance --method unet`) and benchmarks/ulf.py end to end."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrdpm.cli.main import main
+from mrdpm.eval.regression import PRESETS, RegressionUNet, load_regression_unet
+from mrdpm.io import read_image
+from mrdpm.io.containers import Volume
+from mrdpm.models.checkpoint import save_checkpoint, save_module
+from mrdpm.models.precond import Denoiser, DenoiserConfig
+from mrdpm.tasks.ulf import enhance_unet
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "ulf-small.toml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_deterministic):
+    torch.set_num_threads(1)
+
+
+def _config(ulf_pairs: Path, folder: Path, spatial_dims: int = 3) -> Path:
+    """configs/ulf-small.toml pointed at ``ulf_pairs``, 18^3 patches, subjC held out."""
+    text = CONFIG.read_text().replace("../runs/ulf-pairs", ulf_pairs.as_posix())
+    text = text.replace("[32, 32, 32]", "[18, 18, 18]" if spatial_dims == 3 else "[18, 18]")
+    text = text.replace('["template-30", "template-36", "template-42"]', '["subjC"]')
+    text = text.replace("spatial_dims = 3", f"spatial_dims = {spatial_dims}").replace('"auto"', '"cpu"')
+    path = folder / f"ulf-test-{spatial_dims}d.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unet_card(ulf_pairs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("unet")
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        assert main(["ulf", "train-unet", str(_config(ulf_pairs, folder)), "--run-dir", str(folder / "run"), "--steps",
+                     "2", "--unet-preset", "tiny", "--batch-size", "2", "--device", "cpu", "--no-progress"]) == 0
+    return folder / "run" / "unet.json"
+
+
+def test_train_unet_writes_a_3d_card_of_the_config_data(unet_card):
+    card = json.loads(unet_card.read_text())
+    assert card["schema"] == "mrdpm-regression-unet"
+    assert (card["architecture"]["spatial_dims"], card["architecture"]["channels"]) == (3, 1)
+    assert card["training"]["data"]["held_out_subjects"] == ["subjC"]
+    assert card["training"]["data"]["image_shape"] == [18, 18, 18]
+    assert card["intensity_normalisation"]["pair_scale"] == "condition"
+    assert card["training"]["steps"] == 2
+    assert unet_card.with_suffix(".safetensors").is_file()
+
+
+def test_enhance_with_the_unet_keeps_shape_affine_and_units(unet_card, ulf_pairs, tmp_path, capsys):
+    lf_path = ulf_pairs / "subjC_lf.nii.gz"
+    out = tmp_path / "out" / "subjC_unet.nii.gz"
+    assert main(["ulf", "enhance", str(lf_path), "-o", str(out), "--method", "unet", "--model", str(unet_card)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["method"], info["nfe"], info["patch"], info["stride"]) == ("unet", 1, [18, 18, 18], [9, 9, 9])
+    assert "std" not in info
+    lf, enhanced = read_image(lf_path), read_image(out)
+    np.testing.assert_allclose(enhanced.affine, lf.affine, atol=1e-5)
+    assert enhanced.data.shape == lf.data.shape
+    assert not (tmp_path / "out" / "subjC_unet_std.nii.gz").exists()
+    assert (tmp_path / "out" / "subjC_unet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the file holds the library's result; normalised by the input's own factor, so scaling the input scales it
+    model, _ = load_regression_unet(unet_card)
+    result = enhance_unet(lf, model, patch=18)
+    torch.testing.assert_close(enhanced.data, result.mean.data, rtol=1e-5, atol=1e-4)
+    scaled = enhance_unet(Volume(3 * lf.data, lf.affine), model, patch=18)
+    torch.testing.assert_close(scaled.mean.data, 3 * result.mean.data, rtol=1e-4, atol=1e-3)
+    assert result.info["intensity_factor"] > 0
+
+
+def test_unet_errors_name_the_file(unet_card, ulf_pairs, tmp_path, capsys):
+    lf_path = ulf_pairs / "subjC_lf.nii.gz"
+    out = str(tmp_path / "x.nii.gz")
+    config_2d = _config(ulf_pairs, tmp_path, spatial_dims=2)
+    assert main(["ulf", "train-unet", str(config_2d), "--run-dir", str(tmp_path / "r"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "3D magnitude volumes" in err
+    assert str(config_2d) in err
+    prior = save_checkpoint(Denoiser(DenoiserConfig(preset="tiny", spatial_dims=3, complex_input=False,
+                                                    cond_channels=1)), tmp_path / "prior")
+    assert main(["ulf", "enhance", str(lf_path), "-o", out, "--method", "unet", "--model", str(prior)]) == 2
+    err = capsys.readouterr().err
+    assert "not a mrdpm-regression-unet card" in err
+    assert "prior.json" in err
+    flat = save_module(RegressionUNet(1, PRESETS["tiny"], 2), tmp_path / "flat",
+                       {"architecture": {"spatial_dims": 2, "channels": 1, "features": list(PRESETS["tiny"])},
+                        "intensity_normalisation": {"pair_scale": "condition"}},
+                       schema="mrdpm-regression-unet", schema_version=1)
+    assert main(["ulf", "enhance", str(lf_path), "-o", out, "--method", "unet", "--model", str(flat)]) == 2
+    err = capsys.readouterr().err
+    assert "spatial_dims=2" in err
+    assert "flat.json" in err
+    target_scaled = tmp_path / "target.json"
+    target_scaled.write_text(unet_card.read_text().replace('"pair_scale": "condition"', '"pair_scale": "target"'))
+    (tmp_path / "target.safetensors").write_bytes(unet_card.with_suffix(".safetensors").read_bytes())
+    assert main(["ulf", "enhance", str(lf_path), "-o", out, "--method", "unet", "--model", str(target_scaled)]) == 2
+    err = capsys.readouterr().err
+    assert "pair_scale" in err
+    assert "target.json" in err
+    assert main(["ulf", "enhance", str(tmp_path / "nope.nii.gz"), "-o", out, "--method", "unet", "--model",
+                 str(unet_card)]) == 2
+    assert "nope.nii.gz" in capsys.readouterr().err
+
+
+@pytest.fixture
+def bench(load_benchmark):
+    return load_benchmark("ulf")
+
+
+def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, tmp_path):
+    config = DenoiserConfig(preset="tiny", spatial_dims=3, complex_input=False, cond_channels=1, cond_dropout=0.1,
+                            parameterisation="v", beta_schedule="cosine")
+    torch.manual_seed(0)
+    data = {"held_out_subjects": ["subjC"], "image_shape": [16, 16, 16],
+            "sources": [{"subjects": ["subjA", "subjB"]}]}
+    prior = save_checkpoint(Denoiser(config), tmp_path / "prior", {
+        "intensity_normalisation": {"pair_scale": "condition", "percentile": 99.0}, "training": {"data": data}})
+    out = tmp_path / "results"
+    argv = ["--pairs", str(ulf_pairs), "--model", str(prior), "--unet", str(unet_card), "--strength", "0.1", "--steps",
+            "2", "--samples", "2", "--threads", "1", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+            "--time-128", "--time-size", "24"]
+    report = bench.main(argv)
+    saved = json.loads((out / "ulf.json").read_text())
+    assert saved["records"] == report["records"]
+    assert [(r["subject"], r["method"]) for r in saved["records"]] == [("subjC", m) for m in ("lf", "unet",
+                                                                                               "diffusion")]
+    for record in saved["records"]:
+        for metric in ("psnr", "ssim", "mae", "pearson", "psnr_all", "ssim_all", "mae_all", "pearson_all"):
+            assert math.isfinite(record[metric]), (record["method"], metric)
+        assert -1 <= record["ssim"] <= 1
+    assert [r["nfe"] for r in saved["records"]] == [0, 1, 4]  # 2 steps x 2 (guided)
+    assert saved["timing_128"]["size"] == 24
+    assert saved["timing_128"]["nfe"] == 4
+    assert saved["runs"][0]["command"].startswith("python benchmarks/ulf.py --pairs")
+    assert saved["settings"]["lf_grid"].startswith("on the high-field grid already")
+    assert set(saved["targets"]["diffusion_vs_unet"]) >= {"psnr_gain_percent", "ssim_difference", "met"}
+    markdown = (out / "ulf.md").read_text()
+    assert "| 3D U-Net regression | 1 |" in markdown
+    assert "## Targets" in markdown
+    assert "![orthogonal slices](ulf.png)" in markdown
+    assert (out / "ulf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "work" / "subjC_diffusion_std.nii.gz").is_file()
+
+    # resume: matching records are kept; changed diffusion settings replace only the diffusion record
+    resumed = bench.main([*argv, "--resume"])
+    assert resumed["records"] == saved["records"]
+    assert len(resumed["runs"]) == 2
+    changed = bench.main([*argv, "--resume", "--steps", "1"])
+    assert changed["records"][:2] == saved["records"][:2]
+    assert (changed["records"][2]["method"], changed["records"][2]["nfe"], changed["records"][2]["run"]) == (
+        "diffusion", 2, 2)
