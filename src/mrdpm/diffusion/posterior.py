@@ -327,11 +327,11 @@ class PosteriorResult:
     samples
         ``(n, *shape)`` the samples, ordered as drawn.
     nfe
-        Sequential network evaluations (a batched call counts once): the NFE per sample.
+        Network evaluations per sample (a batched call counts once; every batch spends the same).
     seconds
         Wall-clock time.
     n_backward
-        Sequential backward passes through the network.
+        Backward passes through the network per sample.
     """
 
     mean: torch.Tensor
@@ -391,7 +391,7 @@ def posterior_samples(sampler: Callable[..., SampleOutput], denoiser: DenoiserFn
         x = first * randn_like(torch.empty((size, *shape), dtype=dtype, device=device), generator)
         out = sampler(denoiser, x, sigmas, measurement=measurement, generator=generator, **options)
         chunks.append(out.x)
-        nfe, n_backward = nfe + out.nfe, n_backward + out.n_backward
+        nfe, n_backward = max(nfe, out.nfe), max(n_backward, out.n_backward)
     samples = torch.cat(chunks)
     mean = samples.mean(dim=0)
     spread = (samples - mean).abs().square().sum(dim=0) / max(n_samples - 1, 1)
