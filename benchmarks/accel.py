@@ -449,23 +449,46 @@ def _target_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _overview_lines(summary: list[dict]) -> list[str]:
-    """PSNR table: mean dB over slices per case and mask (rows) and method (columns).
+def _dpm_key(method: str) -> tuple[int, int]:
+    """Sort key of ``dpm-<sampler>-nfe<k>``: the sampler's place in SAMPLERS, then the NFE."""
+    sampler, nfe = method.removeprefix("dpm-").rsplit("-nfe", 1)
+    return list(SAMPLERS).index(sampler), int(nfe)
+
+
+def _psnr_table(title: str, rows: dict[tuple, dict], methods: list[str], label) -> list[str]:
+    """Markdown PSNR table: one row per case and mask that ran any of ``methods``, one column per method.
 
     ``(n=k)`` marks a method that ran on fewer slices than the row's most.
     """
-    methods = list(dict.fromkeys(r["method"] for r in summary if "psnr" in r))
-    rows: dict[tuple, dict] = {}
-    for r in summary:
-        if "psnr" in r:
-            rows.setdefault((r["case"], r["mask"]), {})[r["method"]] = r
-    lines = ["", "### Overview: PSNR (dB)", "", "| case, mask | " + " | ".join(methods) + " |",
+    lines = ["", title, "", "| case, mask | " + " | ".join(label(m) for m in methods) + " |",
              "| --- " * (len(methods) + 1) + "|"]
     for (case, mask), cells in rows.items():
+        if not any(m in cells for m in methods):
+            continue
         most = max(c["slices"] for c in cells.values())
         text = [("-" if m not in cells else f"{cells[m]['psnr']:.2f}"
                  + (f" (n={cells[m]['slices']})" if cells[m]["slices"] < most else "")) for m in methods]
         lines.append(f"| {case}, {mask} | " + " | ".join(text) + " |")
+    return lines
+
+
+def _overview_lines(summary: list[dict]) -> list[str]:
+    """PSNR tables, mean dB over slices per case and mask (rows).
+
+    First the classical methods, the U-Net and DDS by NFE; then the other posterior samplers by NFE.
+    """
+    measured = [r for r in summary if "psnr" in r]
+    rows: dict[tuple, dict] = {}
+    for r in measured:
+        rows.setdefault((r["case"], r["mask"]), {})[r["method"]] = r
+    names = list(dict.fromkeys(r["method"] for r in measured))
+    dpm = sorted((m for m in names if m.startswith("dpm-")), key=_dpm_key)
+    first = [m for m in names if not m.startswith("dpm-")] + [m for m in dpm if m.startswith("dpm-dds-")]
+    lines = _psnr_table("### Overview: PSNR (dB)", rows, first, str)
+    others = [m for m in dpm if not m.startswith("dpm-dds-")]
+    if others:
+        lines += _psnr_table("### Other posterior samplers: PSNR (dB) by NFE", rows, others,
+                             lambda m: m.removeprefix("dpm-"))
     return lines
 
 
