@@ -19,7 +19,7 @@ NFE (sequential network evaluations) and wall seconds per slice (gridding, metho
 
 Outputs (``--out``, ``--name``): ``<name>.json`` (settings, commands, machine, every record; rewritten after each
 record) and ``<name>.md`` (a table like the paper's Table 1). ``--resume`` keeps and skips the records already
-there (the settings must match).
+there whose method settings and model are unchanged (the simulation must match).
 
 Run (from the repository root, after `mrdpm mrf make-pairs` and training, see configs/mrf-small.toml):
 
@@ -226,19 +226,36 @@ def save_report(report: dict, args: argparse.Namespace) -> None:
     write_markdown(report, args.out / f"{args.name}.md")
 
 
+# The ReconOptions fields each method depends on: a record is kept by --resume only while these are unchanged.
+METHOD_OPTIONS = {"svd": (), "low-rank": ("cg_iterations",), "unet": ("unet_stride", "percentile"),
+                  "diffusion": ("steps", "samples", "patch", "stride", "eta", "seed", "roi", "percentile")}
+
+
+def method_fingerprint(method: str, options: dict, models: dict) -> dict:
+    """What a record of ``method`` depends on beyond the simulation: its options and its model's sha256."""
+    return {"options": {k: options[k] for k in METHOD_OPTIONS[method]},
+            "sha256": models.get(method, {}).get("sha256")}
+
+
 def start_report(args: argparse.Namespace, settings: dict) -> dict:
+    """A new report, or with ``--resume`` the saved one without the records whose method settings changed.
+
+    A changed simulation or seed invalidates every record (``MrdpmError``); a changed method option or model only
+    that method's records (dropped and recomputed).
+    """
     path = args.out / f"{args.name}.json"
     report = {"benchmark": "mrf", "settings": settings, "runs": [], "records": []}
     if args.resume and path.is_file():
         report = json.loads(path.read_text())
         old = report["settings"]
-        changed = [k for k in ("simulation", "seed", "options") if old.get(k) != settings[k]]
-        changed += [f"models.{m}" for m in set(old["models"]) & set(settings["models"])
-                    if old["models"][m]["sha256"] != settings["models"][m]["sha256"]]
+        changed = [k for k in ("simulation", "seed") if old.get(k) != settings[k]]
         if changed:
             raise MrdpmError(f"--resume: settings {changed} differ from the saved results'; drop --resume or change "
                              "--name", path=path)
-        report["settings"] = settings | {"models": old["models"] | settings["models"]}
+        models = old["models"] | settings["models"]
+        current = {m: method_fingerprint(m, settings["options"], models) for m in METHODS}
+        report["records"] = [r for r in report["records"] if r.get("fingerprint") == current[r["method"]]]
+        report["settings"] = settings | {"models": models}
     command = " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1], *sys.argv])
     report["runs"].append({"index": len(report["runs"]), "command": command, "machine": machine_info(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -285,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
                           "acquired": time_series_subspace(truth, sim.interpolation, sim.acquired_dictionary.basis)}
             for method in todo:
                 record = {"volume": volume, "slice": number, "method": method,
+                          "fingerprint": method_fingerprint(method, report["settings"]["options"],
+                                                            report["settings"]["models"]),
                           **evaluate_slice(truth, kspace, setup, references, method, models.get(method), options)}
                 report["records"].append(record)
                 save_report(report, args)
