@@ -187,13 +187,10 @@ def train_regression_unet(data: DataConfig, out_stem: str | Path, *, what: str, 
 
 
 def build_regression_unet(card: dict[str, Any], card_path: Path) -> RegressionUNet:
-    """The untrained U-Net of a card; ``MrdpmError`` naming ``card_path`` for a missing or invalid architecture.
-
-    An architecture without ``spatial_dims`` (cards of the older 2D-only ``mrdpm-mrf-unet`` schema) is 2D.
-    """
+    """The untrained U-Net of a card; ``MrdpmError`` naming ``card_path`` for a missing or invalid architecture."""
     arch = card.get("architecture")
     try:
-        return RegressionUNet(arch["channels"], arch["features"], arch.get("spatial_dims", 2))
+        return RegressionUNet(arch["channels"], arch["features"], arch["spatial_dims"])
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise MrdpmError(f"bad architecture in the card: {err!r}", path=card_path) from err
 
