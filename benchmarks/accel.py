@@ -47,7 +47,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping, not spinning, O
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -58,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import csv_list, machine_info, trained_subjects
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.data.simulate import SimulationSettings, simulate_case
 from mrdpm.data.volumes import subject_id
@@ -149,10 +149,6 @@ class Item:
     figure: bool  # the slice drawn in this case's figure
 
 
-def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data",
@@ -160,17 +156,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--work-dir", type=Path, default=ROOT.parent / "runs" / "accel-benchmark",
                    help="figure images kept for --resume (outside the repository)")
-    p.add_argument("--cases", type=_csv, default=list(CASES))
-    p.add_argument("--subjects", type=_csv, default=list(HELD_OUT))
+    p.add_argument("--cases", type=csv_list, default=list(CASES))
+    p.add_argument("--subjects", type=csv_list, default=list(HELD_OUT))
     p.add_argument("--slices-per-subject", type=int, default=2)
     p.add_argument("--real-mask-seeds", type=int, default=4,
                    help="mask draws of the real 16-coil case (its rows average over them)")
-    p.add_argument("--masks", type=lambda s: [MaskSpec.parse(t) for t in _csv(s)],
+    p.add_argument("--masks", type=lambda s: [MaskSpec.parse(t) for t in csv_list(s)],
                    default="gaussian1d:4,gaussian1d:8,equispaced1d:4,poisson2d:8,poisson2d:15")
-    p.add_argument("--methods", type=_csv, default=["zf", "sense", "cs-tv", "cs-wavelet", "unet", "dpm"])
-    p.add_argument("--samplers", type=_csv, default=list(SAMPLERS))
-    p.add_argument("--nfe", type=lambda s: [int(t) for t in _csv(s)], default=[20, 50, 100])
-    p.add_argument("--reference", type=lambda s: [MethodSpec.parse_dpm(t) for t in _csv(s)], default="dds:500",
+    p.add_argument("--methods", type=csv_list, default=["zf", "sense", "cs-tv", "cs-wavelet", "unet", "dpm"])
+    p.add_argument("--samplers", type=csv_list, default=list(SAMPLERS))
+    p.add_argument("--nfe", type=lambda s: [int(t) for t in csv_list(s)], default=[20, 50, 100])
+    p.add_argument("--reference", type=lambda s: [MethodSpec.parse_dpm(t) for t in csv_list(s)], default="dds:500",
                    help="extra sampler:nfe pairs (long reference runs); '' for none")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--model", default="ixi-t1-small", help="shipped prior name or checkpoint path")
@@ -277,7 +273,7 @@ def real_items(args: argparse.Namespace, full: KSpaceCase, maps: torch.Tensor) -
     # at 96x96 (the edge still holds signal), see mrdpm.tasks.dpm.estimate_noise_std.
     noise_std = background_noise_std(full.kspace)
     items = []
-    for mask in map(MaskSpec.parse, _csv(REAL_MASKS)):
+    for mask in map(MaskSpec.parse, csv_list(REAL_MASKS)):
         for j in range(args.real_mask_seeds):
             sampling = make_mask(mask.kind, tuple(full.kspace.shape[-2:]), mask.acceleration,
                                  center_fraction=mask.center_fraction, seed=args.seed + j)
@@ -314,15 +310,6 @@ def make_record(item: Item, spec: MethodSpec, result: ReconResult, args: argpars
             "seconds": round(result.seconds, 3), "run": run}
 
 
-def trained_subjects(card: dict) -> set[str]:
-    """Subject IDs a prior or U-Net card says it was trained on."""
-    training = card.get("training") or {}
-    found = set(training.get("subjects") or [])
-    for source in (training.get("data") or {}).get("sources", []):
-        found |= set(source.get("subjects") or [])
-    return found
-
-
 def check_no_leak(card: dict, subjects: list[str], what: str, path: Path) -> None:
     leaked = sorted(trained_subjects(card) & set(subjects))
     if leaked:
@@ -346,18 +333,6 @@ def prepare_unet(args: argparse.Namespace):
     model, card = load_supervised(args.unet_weights)
     check_no_leak(card, args.subjects, "the U-Net", card_path)
     return model, card
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average": os.getloadavg()[0]}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
+from common import machine_info
 from mrdpm.tasks.demo import format_table, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from accel import machine_info  # noqa: E402
 
 LIMIT_SECONDS = 180.0
 

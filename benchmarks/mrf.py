@@ -34,7 +34,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping, not spinning, O
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import csv_list, machine_info, trained_subjects
 from mrdpm.data.mrf_pairs import MrfSimulationSettings, build_simulator, simulate_case
 from mrdpm.data.mrf_qmaps import QMaps, load_qmaps, time_series_subspace
 from mrdpm.errors import MrdpmError
@@ -73,10 +73,6 @@ PAPER = (("SVD-MRF", 16.98, 140.86, 0.7219), ("LRTV", 15.94, 35.96, 0.7932), ("D
          ("SCQ", 9.58, 23.67, None), ("MRF-IDDPM", 7.20, 17.69, 0.8729))
 
 
-def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
-
-
 def _slices(text: str) -> slice:
     parts = text.split(":")
     if len(parts) == 1:
@@ -94,10 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data", help="shared data folder")
     p.add_argument("--pairs", type=Path, default=ROOT / "runs" / "mrf-pairs" / "mrf_pairs.json",
                    help="manifest of the training pairs: the simulation settings and seed (default settings if absent)")
-    p.add_argument("--volumes", type=_csv, default=list(HELD_OUT), help="held-out volumes to evaluate")
+    p.add_argument("--volumes", type=csv_list, default=list(HELD_OUT), help="held-out volumes to evaluate")
     p.add_argument("--slices", type=_slices, default=slice(None),
                    help="slice positions per volume: i or a:b (default all 15)")
-    p.add_argument("--methods", type=_csv, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
+    p.add_argument("--methods", type=csv_list, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--model", default=None, help="diffusion model card (method diffusion)")
     p.add_argument("--unet", default=None, help="U-Net card (method unet)")
     p.add_argument("--steps", type=int, default=50, help="diffusion: respaced steps (default 50)")
@@ -129,12 +125,6 @@ def simulation(args: argparse.Namespace) -> tuple[MrfSimulationSettings, int, st
     return settings, int(manifest["seed"]), str(args.pairs)
 
 
-def trained_subjects(card: dict) -> set[str]:
-    """Subject IDs a model card says it was trained on."""
-    sources = ((card.get("training") or {}).get("data") or {}).get("sources") or []
-    return {s for source in sources for s in source.get("subjects") or []}
-
-
 def load_models(args: argparse.Namespace, reference_basis: torch.Tensor) -> tuple[dict, dict, float]:
     """The models of the chosen methods, what the report says about them, and their intensity percentile."""
     models, about, percentile = {}, {}, 99.0
@@ -164,14 +154,6 @@ def load_models(args: argparse.Namespace, reference_basis: torch.Tensor) -> tupl
 def tsmi_ssim(estimate: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean over the K coefficient images of the SSIM of magnitudes (both zero outside ``mask``)."""
     return float(np.mean([ssim(t.abs() * mask, e.abs() * mask, mask) for e, t in zip(estimate, truth, strict=True)]))
-
-
-def machine_info() -> dict:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
-    return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "load_average": os.getloadavg()[0]}
 
 
 def summarise(records: list[dict], methods: list[str]) -> list[dict]:

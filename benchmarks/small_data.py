@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from accel import machine_info, trained_subjects
+from common import csv_list, machine_info, trained_subjects
 from mrdpm.data.config import ORIENTATION_AXIS
 from mrdpm.data.neonatal import CONTRASTS, MANIFEST_NAME, foreground_mask
 from mrdpm.data.normalise import percentile_factor
@@ -110,11 +110,6 @@ class EvalSlice:
     def class_name(self) -> str:
         """The prior's class of this slice, e.g. ``T2w-coronal``."""
         return f"{self.contrast}-{self.orientation}"
-
-
-def csv_list(text: str) -> list[str]:
-    """Comma-separated items, empty ones dropped."""
-    return [t for t in text.split(",") if t]
 
 
 def _priors(text: str) -> dict[str, str]:

@@ -46,7 +46,6 @@ import argparse
 import copy
 import hashlib
 import json
-import platform
 import shlex
 import sys
 import time
@@ -56,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import csv_list, machine_info, trained_subjects
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.figures import save_panels
@@ -77,10 +77,6 @@ PSNR_TARGET_PERCENT = 1.78  # the issue: diffusion's PSNR at least 1.78% above t
 TIME_TARGET_MINUTES = 10.0  # the issue: a 128^3 volume in <= 10 minutes on 2 CPU cores
 
 
-def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
-
-
 def _patch(text: str) -> list[int]:
     values = [int(v) for v in text.split(",")]
     if len(values) not in (1, 3) or min(values) < 1:
@@ -91,9 +87,9 @@ def _patch(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=Path, default=ROOT.parent / "runs" / "ulf-pairs", help="folder of the pairs")
-    p.add_argument("--subjects", type=_csv, default=None,
+    p.add_argument("--subjects", type=csv_list, default=None,
                    help="subjects to evaluate (default: the held-out list of the diffusion card, else the U-Net's)")
-    p.add_argument("--methods", type=_csv, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
+    p.add_argument("--methods", type=csv_list, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--model", default=None, help="diffusion model card (method diffusion)")
     p.add_argument("--unet", default=None, help="U-Net card (method unet)")
     p.add_argument("--strength", type=float, default=0.65, help="diffusion: noising strength (default 0.65)")
@@ -132,11 +128,6 @@ def _file_digest(*paths: Path) -> str:
     for path in paths:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def trained_subjects(card: dict) -> set[str]:
-    sources = ((card.get("training") or {}).get("data") or {}).get("sources") or []
-    return {s for source in sources for s in source.get("subjects") or []}
 
 
 def held_out(card: dict) -> list[str]:
@@ -234,15 +225,6 @@ def run_method(args: argparse.Namespace, method: str, lf: Volume, models: dict, 
     result = enhance(lf, models["diffusion"], strength=args.strength, steps=args.steps, samples=args.samples,
                      guidance=args.guidance, eta=args.eta, seed=args.seed, **common)
     return result.mean.data, result.std.data, result.nfe, result.seconds
-
-
-def machine_info(device: str) -> dict:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
-    return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "device": device,
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "load_average": os.getloadavg()[0]}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:

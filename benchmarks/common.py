@@ -1,0 +1,37 @@
+"""Helpers every benchmark script shares: comma lists, the machine a run was timed on, a card's training subjects."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a,b,,c"`` -> ``["a", "b", "c"]`` (argparse type of comma-separated options)."""
+    return [t for t in text.split(",") if t]
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What a timing depends on: the machine, torch threads and version, and the load average at the call.
+
+    Also Python, the platform, the OpenMP wait policy, and the GPU's name when ``device`` is ``"cuda"``.
+    """
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    return {"cpu": names[0] if names else platform.processor(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "load_average": os.getloadavg()[0]}
+
+
+def trained_subjects(card: dict) -> set[str]:
+    """Subject IDs a model card says it was trained on (``training.subjects`` and each data source's list)."""
+    training = card.get("training") or {}
+    found = set(training.get("subjects") or [])
+    for source in (training.get("data") or {}).get("sources") or []:
+        found |= set(source.get("subjects") or [])
+    return found
