@@ -241,8 +241,9 @@ def test_orthogonal_mosaic_places_the_three_views():
 
 
 def _train_config(pairs: Path, folder: Path) -> Path:
-    """configs/ulf-small.toml pointed at ``pairs``, with patches and steps sized for a test."""
+    """configs/ulf-small.toml pointed at ``pairs`` and a perceptual encoder in ``folder``, sized for a test."""
     text = CONFIG.read_text().replace("../runs/ulf-pairs", pairs.as_posix())
+    text = text.replace("../runs/ulf-encoder/encoder.json", (folder / "encoder" / "encoder.json").as_posix())
     text = text.replace("[32, 32, 32]", "[8, 8, 8]").replace('["template-30", "template-36", "template-42"]',
                                                                 '["subjB"]')
     path = folder / "ulf-test.toml"
@@ -261,8 +262,11 @@ def test_cli_make_pairs_train_and_enhance(heads, tmp_path, capsys):
     assert summary["shapes"] == [[12, 14, 10]]
     config = _train_config(pairs, tmp_path)
     run = tmp_path / "run"
+    assert main(["train", str(config), "--train-encoder", "--steps", "2", "--no-progress"]) == 0
+    assert (tmp_path / "encoder" / "encoder.json").is_file()
     assert main(["train", str(config), "--run-dir", str(run), "--max-steps", "2", "--no-progress"]) == 0
     card = json.loads((run / "model.json").read_text())
+    assert card["training"]["perceptual"]["encoder"]
     assert card["intensity_normalisation"]["pair_scale"] == "condition"
     assert card["training"]["data"]["held_out_subjects"] == ["subjB"]
     capsys.readouterr()
