@@ -116,7 +116,7 @@ def test_config_parses_and_trains_on_the_pairs(pairs, tmp_path):
     assert (config.data.channels_first, config.data.pair_scale, config.data.patch_size) == (True, "condition",
                                                                                             (64, 64))
     assert (config.model.parameterisation, config.model.num_timesteps, config.model.beta_schedule,
-            config.model.beta_start, config.model.beta_end) == ("vp", 1000, "linear", 1e-4, 0.02)
+            config.model.beta_start, config.model.beta_end) == ("v", 1000, "linear", 1e-4, 0.02)
     table = tomllib.loads(CONFIG.read_text())
     table["data"]["sources"][0] |= {"paths": [str(pairs.parent / "*_target.npy")],
                                     "condition_paths": [str(pairs.parent / "*_cond.npy")]}
