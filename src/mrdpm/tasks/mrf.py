@@ -9,7 +9,8 @@ dictionary matching (:func:`quantitative_maps`):
   low_rank_cg`), matched.
 - ``unet``: a BasicUNet regression from the gridding condition to the reference coefficients, trained on the same
   patches as the diffusion model, applied in overlapping windows (:mod:`mrdpm.tasks.mrf_unet`).
-- ``diffusion`` (:func:`restore`): a conditional VP (DDPM epsilon) model trained on random 64 x 64 patches of
+- ``diffusion`` (:func:`restore`): a conditional VP model (DDPM schedule; epsilon- or v-predicting;
+  ``configs/mrf-small.toml`` predicts v, its comments say why) trained on random 64 x 64 patches of
   (condition: gridding coefficients, target: reference coefficients of the full 1000-frame series), sampled with
   ``steps`` of its 1000 levels respaced (IDDPM respacing; ``eta = 1`` is the DDPM ancestral step with the
   posterior variance ``beta_tilde``, ``eta = 0`` DDIM), the denoiser run in overlapping windows blended
