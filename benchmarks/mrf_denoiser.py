@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -130,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "mrf_denoiser",
               "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/mrf_denoiser.py",
                                                            *(argv or sys.argv[1:])]),
-              "machine": machine_info(), "config": str(args.config.relative_to(ROOT) if args.config.is_absolute()
-                                                       and ROOT in args.config.parents else args.config),
+              "machine": machine_info(), "config": os.path.relpath(args.config.resolve(), ROOT),
               "subjects": list(batch.subjects), "n_patches": x0.shape[0], "patch": "x".join(map(str, x0.shape[2:])),
               "seed": args.seed, "unet_psnr_db": None, "models": {}}
     if args.unet:
