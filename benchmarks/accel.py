@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import csv_list, machine_info, trained_subjects
+from common import csv_list, machine_info, run_script, trained_subjects
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.data.simulate import SimulationSettings, simulate_case
 from mrdpm.data.volumes import subject_id
@@ -646,4 +646,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

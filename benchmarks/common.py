@@ -1,12 +1,16 @@
-"""Helpers every benchmark script shares: comma lists, the machine a run was timed on, a card's training subjects."""
+"""Helpers every benchmark script shares: comma lists, machine facts, a card's subjects, running a script's main."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from mrdpm.errors import MrdpmError
 
 
 def csv_list(text: str) -> list[str]:
@@ -35,3 +39,12 @@ def trained_subjects(card: dict) -> set[str]:
     for source in (training.get("data") or {}).get("sources") or []:
         found |= set(source.get("subjects") or [])
     return found
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a benchmark's ``main``; a user error (a missing model, data folder or file) exits with one line, status 2."""
+    try:
+        main()
+    except MrdpmError as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine_info
+from common import machine_info, run_script
 from mrdpm.tasks.demo import format_table, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -68,6 +68,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import run_script
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.data.simulate import SimulationSettings, simulate_case
 from mrdpm.data.volumes import subject_id
@@ -496,4 +497,4 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import csv_list, machine_info, trained_subjects
+from common import csv_list, machine_info, run_script, trained_subjects
 from mrdpm.data.mrf_pairs import MrfSimulationSettings, build_simulator, simulate_case
 from mrdpm.data.mrf_qmaps import QMaps, load_qmaps, time_series_subspace
 from mrdpm.errors import MrdpmError
@@ -296,4 +296,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from common import csv_list, machine_info
+from common import csv_list, machine_info, run_script
 from mrdpm.diffusion.guidance import bind
 from mrdpm.diffusion.samplers import sample_ddim
 from mrdpm.diffusion.schedules import respace
@@ -150,4 +150,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from common import csv_list, machine_info, trained_subjects
+from common import csv_list, machine_info, run_script, trained_subjects
 from mrdpm.data.config import ORIENTATION_AXIS
 from mrdpm.data.neonatal import CONTRASTS, MANIFEST_NAME, foreground_mask
 from mrdpm.data.normalise import percentile_factor
@@ -528,4 +528,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import csv_list, machine_info, trained_subjects
+from common import csv_list, machine_info, run_script, trained_subjects
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.figures import save_panels
@@ -438,4 +438,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

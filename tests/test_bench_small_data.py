@@ -1,5 +1,8 @@
 import json
 import math
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +128,15 @@ def test_refuses_a_prior_trained_on_an_evaluated_subject_or_without_a_class(benc
     other = save_checkpoint(model, tmp_path / "other")
     with pytest.raises(MrdpmError, match="lacks the classes"):
         bench.main(["--priors", f"noisy={other}", "--data-dir", str(data_dir), "--out", str(tmp_path)])
+
+
+def test_script_reports_a_missing_model_in_one_line(tmp_path, monkeypatch, capsys, load_benchmark):
+    """Run as a script, a user error prints the file and the problem on one line (no traceback) and exits 2."""
+    load_benchmark("common")  # puts benchmarks/ on the path, as running the script does
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "small_data.py"
+    missing = tmp_path / "nope" / "model.json"
+    monkeypatch.setattr(sys, "argv", [str(script), "--priors", f"noisy={missing}", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith(f"small_data.py: error: {missing}: no checkpoint file")

@@ -147,7 +147,7 @@ def test_config_parses_with_contrast_by_orientation_classes():
     assert data.held_out == ("neo30", "neo36", "neo42")
     assert subject_id(neonatal_file_name(36, "T2w", 1.5, "noisy"), data.subject_pattern) == "neo36"
     assert (data.spatial_dims, data.patch_size, data.image_type) == (2, (64, 64), "synthetic_phase")
-    assert (config.model.parameterisation, config.model.preset) == ("edm", "small")
+    assert (config.model.parameterisation, config.model.preset) == ("edm", "compact")
 
 
 def test_missing_atlas_file_is_named(shared_data, tmp_path):

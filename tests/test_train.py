@@ -63,6 +63,9 @@ def test_shipped_configs_parse_and_resolve_paths_from_their_folder():
     assert ixi.data.sources[0].paths[0].endswith("shared/data/ixi-t1/t1/*_T1.nii.gz")
     assert len(ixi.data.held_out) == 6
     assert ixi.optim.betas == (0.9, 0.999)
+    compact = load_config(CONFIGS / "ixi-t1-compact.toml")  # the FLAIR study's pre-training: same data, smaller net
+    assert compact.data == ixi.data
+    assert compact.model.preset == "compact"
     tiny = load_config(CONFIGS / "tiny-synthetic.toml")
     assert tiny.model.preset == "tiny"
     assert tiny.data.sources[0].paths[0] == str(
