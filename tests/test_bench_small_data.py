@@ -110,8 +110,14 @@ def test_benchmark_end_to_end_with_resume(bench, data_dir, tmp_path):
     assert {r["class"] for r in resumed["records"]} == set(CLASSES)
     assert len(resumed["targets"]["gap_closed"]) == 2
     assert len(resumed["targets"]["averaging_gain"]) == 3 * 2
+    baseline = resumed["zero_filled"]  # the same acquisitions, zero-filled: fewer lines, lower PSNR
+    assert len(baseline) == 2 * 12
+    assert [r["slice"] for r in baseline[:12]] == saved["slices"]
+    psnr = {a: sum(r["psnr"] for r in baseline if r["acceleration"] == a) / 12 for a in (1.5, 4.0)}
+    assert psnr[1.5] > psnr[4.0]
     markdown = (out / "small_data.md").read_text()
     assert "fraction closed" in markdown
+    assert "zero-filled SENSE combination" in markdown
     assert "| noisy | 1.5 | 2 |" in markdown
     assert (out / "small_data.png").stat().st_size > 1000
     with pytest.raises(MrdpmError, match="coils"):
