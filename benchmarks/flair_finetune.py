@@ -59,6 +59,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping, not spinning, O
 
 import argparse
 import dataclasses
+import json
 import shlex
 import shutil
 import sys
@@ -129,6 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--validate-every", type=int, default=50, help="fine-tuning steps between validations")
     p.add_argument("--durations", type=_ints, default=None,
                    help="fine-tuning steps whose EMA models are kept and evaluated (default: steps/4 and steps)")
+    p.add_argument("--test-arms", choices=("all", "chosen"), default="all",
+                   help="all: every model (each learning rate's best and snapshots); chosen: pretrained, the chosen "
+                        "learning rate's best, scratch and joint (the grid is then read from the validation curves)")
     p.add_argument("--scratch-steps", type=int, default=None, help="default: the checkpoint's pre-training steps")
     p.add_argument("--joint-steps", type=int, default=None, help="default: the checkpoint's pre-training steps")
     p.add_argument("--joint-init", choices=("scratch", "pretrained"), default="scratch")
@@ -263,8 +267,11 @@ def train_stages(args: argparse.Namespace, groups: dict[str, list[str]]) -> None
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
-def arms(args: argparse.Namespace) -> list[dict]:
-    """Every model to evaluate that exists: label, card, class, kind, learning rate, step."""
+def arms(args: argparse.Namespace, chosen: dict | None = None) -> list[dict]:
+    """The models to evaluate that exist: label, card, class, kind, learning rate, step.
+
+    With ``--test-arms chosen`` the fine-tuning runs give only the best model of ``chosen`` (:func:`chosen_lr`).
+    """
     out = [{"arm": "pretrained", "card": str(resolve_model(args.pretrained)), "kind": "pretrained",
             "class": args.pretrained_class or None}]
     for arm, run_dir in run_dirs(args).items():
@@ -278,6 +285,8 @@ def arms(args: argparse.Namespace) -> list[dict]:
             best = run_dir / f"{BEST_STEM}.json"
             card = best if best.is_file() else run_dir / f"{MODEL_STEM}.json"
             out.append({"arm": arm, "card": str(card), "kind": arm, "class": NEW_CLASS})
+    if args.test_arms == "chosen":
+        out = [a for a in out if a["kind"] != "finetune" or (chosen and a["arm"] == chosen["arm"])]
     return [a for a in out if Path(a["card"]).is_file()]
 
 
@@ -338,9 +347,11 @@ def training_summaries(args: argparse.Namespace) -> dict[str, dict]:
             continue
         training = read_card(model)["training"]
         best = run_dir / f"{BEST_STEM}.json"
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
         out[arm] = {"run_dir": str(run_dir), "lr": training["optim"]["lr"], "schedule": training["optim"]["schedule"],
                     "steps": training["steps"], "planned_steps": training["planned_steps"],
-                    "seconds": training["seconds"], "best": read_card(best).get("best") if best.is_file() else None}
+                    "seconds": training["seconds"], "best": read_card(best).get("best") if best.is_file() else None,
+                    "validation": [[r["step"], r["recon_nrmse"]] for r in rows if "recon_nrmse" in r]}
     return out
 
 
@@ -395,6 +406,21 @@ def targets(records: list[dict], finetuned: str | None) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
+def _validation_lines(report: dict) -> list[str]:
+    """Validation NRMSE (validation subjects, mean over R) against training steps, one row per run."""
+    runs = {arm: t["validation"] for arm, t in report["training"].items() if t.get("validation")}
+    steps = sorted({step for curve in runs.values() for step, _ in curve})
+    if not runs:
+        return []
+    lines = ["", "### Validation NRMSE against training steps (validation subjects, mean over R)", "",
+             "| run | " + " | ".join(str(step) for step in steps) + " |", "| --- " * (len(steps) + 1) + "|"]
+    for arm, curve in runs.items():
+        by_step = dict((step, value) for step, value in curve)
+        lines.append(f"| {arm} | " + " | ".join(f"{by_step[step]:.4f}" if step in by_step else "-"
+                                               for step in steps) + " |")
+    return lines
+
+
 def _grid_lines(report: dict) -> list[str]:
     """Learning rate x duration: PSNR dB / NRMSE on the test slices, each the mean over the accelerations."""
     rows: dict[str, dict[str, list[dict]]] = {}
@@ -444,6 +470,7 @@ def write_markdown(report: dict, path: Path) -> None:
         first = next(iter(rows.values()))
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {first['slices']} | {first['seconds_per_slice']:.2f} |")
     lines += _grid_lines(report)
+    lines += _validation_lines(report)
     lines += ["", "### Training runs", "", "| run | lr | schedule | steps | best step | best validation NRMSE | "
               "hours |", "| --- " * 7 + "|"]
     for arm, t in report["training"].items():
@@ -475,7 +502,7 @@ def evaluate_stage(args: argparse.Namespace, groups: dict[str, list[str]], comma
     slices = test_slices(args)
     report |= {"split": groups, "slices": [s[0] for s in slices], "training": training_summaries(args)}
     report["chosen"] = chosen_lr(report["training"])
-    available = arms(args)
+    available = arms(args, report["chosen"])
     report["arms"] = available
     for arm in available:
         evaluate_arm(args, arm, report, slices, device)

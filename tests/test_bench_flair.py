@@ -92,6 +92,8 @@ def test_every_stage_end_to_end_then_resume_skips_what_is_done(bench, setup):
     assert "Chosen learning rate" in markdown
     assert "| scratch |" in markdown
     assert "| finetune-lr1e-04 | " in markdown  # the learning rate x duration grid
+    assert [step for step, _ in report["training"]["finetune-lr1e-04"]["validation"]] == [0, 1, 2]
+    assert "Validation NRMSE against training steps" in markdown
     assert (out / "flair_finetune.png").stat().st_size > 1000
 
     logs = {p: p.read_text() for p in runs.glob("*/log.jsonl")}
@@ -101,6 +103,8 @@ def test_every_stage_end_to_end_then_resume_skips_what_is_done(bench, setup):
     assert len(again["runs"]) == 2
     with pytest.raises(MrdpmError, match="samples"):
         bench.main(_argv(setup, "--resume", "--stage", "evaluate", "--samples", "2"))
+    chosen = bench.main(_argv(setup, "--resume", "--stage", "evaluate", "--test-arms", "chosen"))
+    assert {a["arm"] for a in chosen["arms"]} == {"pretrained", report["chosen"]["arm"], "scratch", "joint"}
 
 
 def test_targets_and_the_chosen_learning_rate_on_a_hand_made_example(bench):
