@@ -409,13 +409,13 @@ def targets(records: list[dict], finetuned: str | None) -> list[dict]:
 def _validation_lines(report: dict) -> list[str]:
     """Validation NRMSE (validation subjects, mean over R) against training steps, one row per run."""
     runs = {arm: t["validation"] for arm, t in report["training"].items() if t.get("validation")}
-    steps = sorted({step for curve in runs.values() for step, _ in curve})
     if not runs:
         return []
+    steps = sorted({step for curve in runs.values() for step, _ in curve})
     lines = ["", "### Validation NRMSE against training steps (validation subjects, mean over R)", "",
              "| run | " + " | ".join(str(step) for step in steps) + " |", "| --- " * (len(steps) + 1) + "|"]
     for arm, curve in runs.items():
-        by_step = dict((step, value) for step, value in curve)
+        by_step = dict(curve)
         lines.append(f"| {arm} | " + " | ".join(f"{by_step[step]:.4f}" if step in by_step else "-"
                                                for step in steps) + " |")
     return lines

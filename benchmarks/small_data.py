@@ -499,7 +499,7 @@ def write_markdown(report: dict, path: Path) -> None:
                   "| R | slices | PSNR dB | SSIM | NMSE |", "| --- " * 5 + "|"]
         for acceleration in sorted({r["acceleration"] for r in baseline}):
             rows = [r for r in baseline if r["acceleration"] == acceleration]
-            cells = [mean_sd([r[m] for r in rows]) for m in ("psnr", "ssim", "nmse")]
+            cells = [mean_sd([r[m] for r in rows]) for m in METRICS]
             lines.append(f"| {acceleration:g} | {len(rows)} | {cells[0][0]:.2f} ± {cells[0][1]:.2f} | "
                          f"{cells[1][0]:.4f} | {cells[2][0]:.4f} |")
     lines += _class_lines(report["records"])
