@@ -549,7 +549,10 @@ def main(argv: list[str] | None = None) -> dict:
     report["settings"]["priors"] = {**saved, **current}
     report["slices"] = [s.slice_id for s in slices]
     run(args, report, slices, priors, device)
-    report["zero_filled"] = zero_filled_baseline(args, slices)
+    fresh = zero_filled_baseline(args, slices)
+    keys = {(r["acceleration"], r["slice"]) for r in fresh}  # a call with fewer accelerations keeps the others
+    report["zero_filled"] = [r for r in report.get("zero_filled") or [] if (r["acceleration"], r["slice"]) not in keys]
+    report["zero_filled"] += fresh
     save_report(report, args.out, figure=True)
     return report
 
