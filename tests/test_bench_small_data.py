@@ -138,12 +138,13 @@ def test_refuses_a_prior_trained_on_an_evaluated_subject_or_without_a_class(benc
         bench.main(["--priors", f"noisy={other}", "--data-dir", str(data_dir), "--out", str(tmp_path)])
 
 
-def test_script_reports_a_missing_model_in_one_line(tmp_path, monkeypatch, capsys, load_benchmark):
+def test_script_reports_a_missing_model_in_one_line(data_dir, tmp_path, monkeypatch, capsys, load_benchmark):
     """Run as a script, a user error prints the file and the problem on one line (no traceback) and exits 2."""
     load_benchmark("common")  # puts benchmarks/ on the path, as running the script does
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "small_data.py"
     missing = tmp_path / "nope" / "model.json"
-    monkeypatch.setattr(sys, "argv", [str(script), "--priors", f"noisy={missing}", "--out", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", [str(script), "--priors", f"noisy={missing}", "--data-dir", str(data_dir),
+                                      "--out", str(tmp_path)])
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(script), run_name="__main__")
     assert exited.value.code == 2
