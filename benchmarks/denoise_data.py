@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 
 from common import machine_info, run_script
+from mrdpm.cli.denoise_cmd import REPORT_NAME
 from mrdpm.data.neonatal import MANIFEST_NAME, foreground_mask
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.metrics import nrmse, psnr, ssim
 from mrdpm.io.read import read_image
-from small_data import mean_sd, write_json
+from small_data import mean_sd, read_manifest, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT_NAME = "denoise-data.json"
 METRICS = ("psnr", "ssim", "nrmse")
 
 
@@ -56,13 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_report(denoised_dir: Path) -> dict:
+    """The report that ``mrdpm denoise-data`` wrote beside the denoised volumes."""
+    path = denoised_dir / REPORT_NAME
     if not path.is_file():
-        raise MrdpmError(f"no {what} here", path=path)
+        raise MrdpmError("no denoise-data report here", path=path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise MrdpmError(f"the {what} is not valid JSON ({err})", path=path) from err
+        raise MrdpmError(f"the denoise-data report is not valid JSON ({err})", path=path) from err
 
 
 def _magnitude(path: Path) -> torch.Tensor:
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     command = shlex.join(["python", "benchmarks/denoise_data.py", *(sys.argv[1:] if argv is None else argv)])
-    manifest = _read_json(args.data_dir / MANIFEST_NAME, "data-set manifest")
-    denoise = _read_json(args.denoised_dir / REPORT_NAME, "denoise-data report")
+    manifest = read_manifest(args.data_dir)
+    denoise = read_report(args.denoised_dir)
     entries = {e["noisy"]: e for e in manifest["files"]}
     records = []
     for volume in denoise["volumes"]:

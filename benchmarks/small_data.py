@@ -235,13 +235,19 @@ def check_no_leak(card: dict, subjects: list[str], what: str, path: Path) -> Non
 # ------------------------------------------------------------------------------------------------------- slices
 
 
-def eval_slices(data_dir: Path, subjects: list[str] | None, count: int) -> tuple[list[EvalSlice], dict]:
-    """The held-out slices (ordered subject, resolution, contrast, orientation, rank) and the manifest."""
+def read_manifest(data_dir: Path) -> dict:
+    """The manifest ``neonatal.json`` of a data set written by ``mrdpm neonatal synthesise``."""
     manifest_path = data_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise MrdpmError("no manifest: synthesise the data with `mrdpm neonatal synthesise` first",
                          path=manifest_path)
-    manifest = json.loads(manifest_path.read_text())
+    return json.loads(manifest_path.read_text())
+
+
+def eval_slices(data_dir: Path, subjects: list[str] | None, count: int) -> tuple[list[EvalSlice], dict]:
+    """The held-out slices (ordered subject, resolution, contrast, orientation, rank) and the manifest."""
+    manifest_path = data_dir / MANIFEST_NAME
+    manifest = read_manifest(data_dir)
     subjects = subjects or manifest["held_out"]
     files = [r for r in manifest["files"] if r["subject"] in subjects]
     missing = sorted(set(subjects) - {r["subject"] for r in files})
