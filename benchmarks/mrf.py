@@ -9,7 +9,9 @@ from the pairs' manifest (``--pairs``; default paper-like: one coil, spiral 2.5x
 Methods (:mod:`mrdpm.tasks.mrf`): ``svd`` (gridding + matching), ``low-rank`` (subspace CG, ``--cg-iterations``),
 ``unet`` (regression U-Net, ``--unet``), ``diffusion`` (MRF-IDDPM, ``--model``: ``--steps`` respaced steps,
 ``--samples`` samples, ``--patch`` windows every ``--stride`` pixels, on the tissue's bounding box unless
-``--no-roi``). Matching and the metrics use the support mask of the maps (the head; the files have no brain mask).
+``--no-roi``); ``--dc-weight`` > 0 makes the U-Net's and every diffusion sample's estimate consistent with the
+k-space (``--dc-iterations`` CG iterations; not in the paper: :mod:`mrdpm.tasks.mrf`). Matching and the metrics
+use the support mask of the maps (the head; the files have no brain mask).
 
 Metrics per slice, then mean +- sd over slices: MAPE of T1 and T2 (%, inside the mask), RMSE (ms), NRMSE, SSIM of
 the T1 and T2 maps (both zero outside the mask), SSIM of the time-series (subspace) images: the mean over the K
@@ -37,7 +39,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +87,17 @@ def _slice_text(index: slice) -> str:
     return f"{index.start or 0}:{'' if index.stop is None else index.stop}"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments both MRF scripts take for the data: shared folder, pairs' manifest, held-out volumes."""
     p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data", help="shared data folder")
     p.add_argument("--pairs", type=Path, default=ROOT / "runs" / "mrf-pairs" / "mrf_pairs.json",
                    help="manifest of the training pairs: the simulation settings and seed (default settings if absent)")
     p.add_argument("--volumes", type=csv_list, default=list(HELD_OUT), help="held-out volumes to evaluate")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(p)
     p.add_argument("--slices", type=_slices, default=slice(None),
                    help="slice positions per volume: i or a:b (default all 15)")
     p.add_argument("--methods", type=csv_list, default=list(METHODS), help=f"subset of {','.join(METHODS)}")
@@ -104,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-roi", action="store_true", help="diffusion: sample the whole slice, not the head's box")
     p.add_argument("--batch-size", type=int, default=64, help="windows per network call (default 64)")
     p.add_argument("--cg-iterations", type=int, default=20, help="low-rank: CG iterations (default 20)")
+    p.add_argument("--dc-weight", type=float, default=0.0,
+                   help="unet, diffusion: data-consistency weight (default 0: the network's output as it is)")
+    p.add_argument("--dc-iterations", type=int, default=30, help="data-consistency CG iterations (default 30)")
     p.add_argument("--seed", type=int, default=0, help="diffusion seed (default 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
@@ -170,6 +180,13 @@ def summarise(records: list[dict], methods: list[str]) -> list[dict]:
     return rows
 
 
+def _dc_text(options: dict) -> str:
+    if not options.get("dc_weight"):
+        return "Network outputs matched as they are (no data consistency)."
+    return (f"U-Net and diffusion estimates (every sample) made consistent with the k-space: weight "
+            f"{options['dc_weight']}, {options['dc_iterations']} CG iterations.")
+
+
 def write_markdown(report: dict, path: Path) -> None:
     s, o, sim = report["settings"], report["settings"]["options"], report["settings"]["simulation"]
     n_slices = len({(r["volume"], r["slice"]) for r in report["records"]})
@@ -180,8 +197,8 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{sim['n_frames_acquired']} of {sim['n_frames']} frames, "
              f"{noise}). Diffusion: "
              f"{o['steps']} steps, {o['samples']} samples, patch {o['patch']}, stride {o['stride']}, eta {o['eta']}, "
-             f"roi {o['roi']}. Mean ± sd over slices; maps inside the support mask; NFE sequential network "
-             "evaluations; seconds of wall time per slice.", ""]
+             f"roi {o['roi']}. {_dc_text(o)} Mean ± sd over slices; maps inside the support mask; NFE sequential "
+             "network evaluations; seconds of wall time per slice.", ""]
     for run in report["runs"]:
         m = run["machine"]
         lines.append(f"- run {run['index']}: {m['cpu']} ({m['cpu_count']} CPUs), {m['torch_threads']} torch "
@@ -209,8 +226,10 @@ def save_report(report: dict, args: argparse.Namespace) -> None:
 
 
 # The ReconOptions fields each method depends on: a record is kept by --resume only while these are unchanged.
-METHOD_OPTIONS = {"svd": (), "low-rank": ("cg_iterations",), "unet": ("unet_stride", "percentile"),
-                  "diffusion": ("steps", "samples", "patch", "stride", "eta", "seed", "roi", "percentile")}
+DC_OPTIONS = ("dc_weight", "dc_iterations")
+METHOD_OPTIONS = {"svd": (), "low-rank": ("cg_iterations",), "unet": ("unet_stride", "percentile", *DC_OPTIONS),
+                  "diffusion": ("steps", "samples", "patch", "stride", "eta", "seed", "roi", "percentile",
+                                *DC_OPTIONS)}
 
 
 def method_fingerprint(method: str, options: dict, models: dict) -> dict:
@@ -244,16 +263,41 @@ def start_report(args: argparse.Namespace, settings: dict) -> dict:
     return report
 
 
+def slice_stacks(volumes: dict[str, QMaps], simulators: dict, positions: slice):
+    """``(volume, one-slice QMaps stack, simulator of its shape)`` for every chosen slice position."""
+    for volume, maps in volumes.items():
+        for position in range(maps.t1_ms.shape[0])[positions]:
+            stack = QMaps(*(m[position:position + 1] for m in (maps.t1_ms, maps.t2_ms, maps.pd, maps.mask,
+                                                                 maps.slice_index)))
+            yield volume, stack, simulators[tuple(maps.t1_ms.shape[-2:])]
+
+
 def evaluate_slice(truth: QMaps, kspace: torch.Tensor, setup: MrfSetup, references: dict, method: str,
                    model, options: ReconOptions) -> dict:
+    if not set(DC_OPTIONS) <= set(METHOD_OPTIONS[method]):
+        options = replace(options, dc_weight=0.0)  # data consistency is for the network methods
     result = reconstruct_slice(setup, kspace, method, model=model, mask=truth.mask, options=options)
     metrics = map_metrics(result.maps, truth.t1_ms, truth.t2_ms, truth.mask)
     return {**metrics, "ssim_tsmi": tsmi_ssim(result.coefficients, references[result.domain], truth.mask),
             "nfe": result.nfe, "seconds": result.seconds}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+@dataclass
+class Study:
+    """What both MRF scripts set up from their arguments: simulation, held-out maps, simulators and models."""
+
+    settings: MrfSimulationSettings
+    seed: int
+    source: str
+    volumes: dict[str, QMaps]
+    simulators: dict[tuple[int, int], object]
+    models: dict
+    about: dict
+    percentile: float
+
+
+def load_study(args: argparse.Namespace) -> Study:
+    """Threads, output folder, the pairs' simulation, the evaluated volumes, a simulator per shape, the models."""
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     settings, seed, source = simulation(args)
@@ -261,36 +305,41 @@ def main(argv: list[str] | None = None) -> dict:
     simulators = {shape: build_simulator(settings, shape) for shape in {tuple(m.t1_ms.shape[-2:])
                                                                        for m in volumes.values()}}
     models, about, percentile = load_models(args, next(iter(simulators.values())).reference_dictionary.basis)
+    return Study(settings, seed, source, volumes, simulators, models, about, percentile)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    study = load_study(args)
+    settings, seed, source, models, percentile = (study.settings, study.seed, study.source, study.models,
+                                                  study.percentile)
     options = ReconOptions(steps=args.steps, samples=args.samples, patch=args.patch or None, stride=args.stride,
                            eta=args.eta, batch_size=args.batch_size, seed=args.seed, roi=not args.no_roi,
-                           cg_iterations=args.cg_iterations, percentile=percentile)
+                           cg_iterations=args.cg_iterations, percentile=percentile, dc_weight=args.dc_weight,
+                           dc_iterations=args.dc_iterations)
     report = start_report(args, json.loads(json.dumps({
         "volumes": args.volumes, "slices": _slice_text(args.slices), "methods": args.methods,
         "simulation": asdict(settings), "simulation_source": source, "seed": seed, "options": asdict(options),
-        "models": about})))
+        "models": study.about})))
     done = {(r["volume"], r["slice"], r["method"]) for r in report["records"]}
-    for volume, maps in volumes.items():
-        sim = simulators[tuple(maps.t1_ms.shape[-2:])]
+    for volume, stack, sim in slice_stacks(study.volumes, study.simulators, args.slices):
+        truth, number = stack.slice(0), int(stack.slice_index[0])
+        todo = [m for m in args.methods if (volume, number, m) not in done]
+        if not todo:
+            continue
         setup = MrfSetup.from_simulator(sim)
-        for position in range(maps.t1_ms.shape[0])[args.slices]:
-            stack = QMaps(*(m[position:position + 1] for m in (maps.t1_ms, maps.t2_ms, maps.pd, maps.mask,
-                                                                 maps.slice_index)))
-            truth, number = stack.slice(0), int(stack.slice_index[0])
-            todo = [m for m in args.methods if (volume, number, m) not in done]
-            if not todo:
-                continue
-            kspace = simulate_case(stack, settings, simulator=sim, seed=seed, name=volume).kspace[0]
-            references = {"reference": time_series_subspace(truth, sim.interpolation, sim.reference_dictionary.basis),
-                          "acquired": time_series_subspace(truth, sim.interpolation, sim.acquired_dictionary.basis)}
-            for method in todo:
-                record = {"volume": volume, "slice": number, "method": method,
-                          "fingerprint": method_fingerprint(method, report["settings"]["options"],
-                                                            report["settings"]["models"]),
-                          **evaluate_slice(truth, kspace, setup, references, method, models.get(method), options)}
-                report["records"].append(record)
-                save_report(report, args)
-                print(f"{volume} slice {number} {method}: MAPE T1 {record['mape_t1']:.2f} %, T2 "
-                      f"{record['mape_t2']:.2f} %, {record['seconds']:.1f} s", flush=True)
+        kspace = simulate_case(stack, settings, simulator=sim, seed=seed, name=volume).kspace[0]
+        references = {"reference": time_series_subspace(truth, sim.interpolation, sim.reference_dictionary.basis),
+                      "acquired": time_series_subspace(truth, sim.interpolation, sim.acquired_dictionary.basis)}
+        for method in todo:
+            record = {"volume": volume, "slice": number, "method": method,
+                      "fingerprint": method_fingerprint(method, report["settings"]["options"],
+                                                        report["settings"]["models"]),
+                      **evaluate_slice(truth, kspace, setup, references, method, models.get(method), options)}
+            report["records"].append(record)
+            save_report(report, args)
+            print(f"{volume} slice {number} {method}: MAPE T1 {record['mape_t1']:.2f} %, T2 "
+                  f"{record['mape_t2']:.2f} %, {record['seconds']:.1f} s", flush=True)
     save_report(report, args)
     return report
 

@@ -15,7 +15,8 @@ def bench(load_benchmark):
 
 def _settings(**options):
     base = {"steps": 50, "samples": 10, "patch": None, "stride": 8, "eta": 1.0, "batch_size": 64, "seed": 0,
-            "roi": True, "unet_stride": 32, "cg_iterations": 20, "percentile": 99.0}
+            "roi": True, "unet_stride": 32, "cg_iterations": 20, "percentile": 99.0, "dc_weight": 0.0,
+            "dc_iterations": 30}
     return {"simulation": {"coils": 1}, "seed": 0, "options": base | options,
             "models": {"diffusion": {"sha256": "aaa"}, "unet": {"sha256": "bbb"}}}
 
@@ -41,6 +42,9 @@ def test_resume_keeps_records_whose_method_settings_hold(bench, tmp_path):
     # more CG iterations: only low-rank is redone; a batch size does not change results
     kept = _start(bench, tmp_path, _settings(cg_iterations=30, batch_size=8))["records"]
     assert [r["method"] for r in kept] == ["svd", "unet", "diffusion"]
+    # data consistency changes the network methods' records only
+    kept = _start(bench, tmp_path, _settings(dc_weight=0.03))["records"]
+    assert [r["method"] for r in kept] == ["svd", "low-rank"]
     # a retrained U-Net: its records are redone
     settings = _settings()
     settings["models"]["unet"]["sha256"] = "ccc"
@@ -53,3 +57,21 @@ def test_resume_refuses_another_simulation(bench, tmp_path):
     settings["simulation"] = {"coils": 8}
     with pytest.raises(MrdpmError, match="simulation"):
         _start(bench, tmp_path, settings)
+
+
+def test_dc_weight_table_averages_per_method_and_weight(load_benchmark, tmp_path):
+    tune = load_benchmark("mrf_dc_weight")
+    args = tune.parse_args(["--weights", "0,0.03"])
+    assert (args.weights, args.slices) == ([0.0, 0.03], slice(12, 13))  # validation, not mrf.md's test slices 5:10
+    records = [{"volume": v, "slice": 20, "method": "unet", "weight": w, "mape_t1": t1, "mape_t2": 2 * t1}
+               for v, w, t1 in (("vol08", 0.0, 20.0), ("vol09", 0.0, 22.0), ("vol08", 0.03, 9.0),
+                                ("vol09", 0.03, 11.0))]
+    report = {"command": "python mrf_dc_weight.py", "started": "now", "records": records,
+              "machine": {"cpu": "cpu", "torch_threads": 1},
+              "settings": {"volumes": ["vol08", "vol09"], "slices": "12:13", "weights": [0.0, 0.03],
+                           "dc_iterations": 30, "options": {"steps": 50, "samples": 10, "patch": None}}}
+    tune.write_markdown(report, tmp_path / "t.md")
+    rows = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith("| unet")]
+    assert rows == ["| unet | 0 | 21.00 | 42.00 |", "| unet | 0.03 | 10.00 | 20.00 |"]
+    with pytest.raises(SystemExit):
+        tune.parse_args(["--methods", "svd"])

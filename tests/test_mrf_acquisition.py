@@ -148,6 +148,27 @@ def test_low_rank_cg_beats_gridding_undersampled(undersampled):
     torch.testing.assert_close(batch[1], 2 * batch[0], rtol=0, atol=1e-4 * batch.abs().max().item())
 
 
+def test_low_rank_cg_towards_a_prior_solves_its_normal_equations(undersampled):
+    """``lam ||c - prior||^2``: the gradient of the objective vanishes at the result (through the NUFFT route, not
+    the Toeplitz gram CG used), a huge ``lam`` returns the prior, ``prior=0`` is plain Tikhonov, priors batch."""
+    op, dcf = undersampled
+    x = _blobs(N, sharp=True, seed=21)
+    y = op(x) + 0.01 * op(x).abs().max() * _randc(*op(x).shape, seed=22)
+    prior = _blobs(N, sharp=False, seed=23)
+    lam = 0.3
+    c = low_rank_cg(op, y, dcf, n_iter=60, lam=lam, prior=prior)
+    gradient = op.adjoint((op(c) - y) * dcf) / frame_coverage(op, dcf) + lam * (c - prior)
+    assert gradient.norm() < 2e-3 * (lam * prior).norm()
+    assert _rel(c, prior) > 0.1  # it moved from the prior ...
+    assert _rel(c, x) < _rel(prior, x)  # ... towards the data
+    assert _rel(low_rank_cg(op, y, dcf, n_iter=5, lam=1e6, prior=prior), prior) < 1e-4
+    torch.testing.assert_close(low_rank_cg(op, y, dcf, n_iter=8, lam=lam, prior=torch.zeros_like(x)),
+                               low_rank_cg(op, y, dcf, n_iter=8, lam=lam))
+    batch = low_rank_cg(op, y, dcf, n_iter=60, lam=lam, prior=torch.stack([prior, x]))
+    torch.testing.assert_close(batch[0], c, rtol=0, atol=1e-4 * c.abs().max().item())
+    assert _rel(batch[1], x) < _rel(c, x)  # the true coefficients as the prior stay closest to the truth
+
+
 def test_tikhonov_shrinks_and_tv_denoises(undersampled):
     op, dcf = undersampled
     x = _blobs(N, sharp=True, seed=11)

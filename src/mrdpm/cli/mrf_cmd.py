@@ -182,6 +182,12 @@ def _register_recon(mrf: argparse._SubParsersAction) -> None:
                    help=f"windows per network call (default {_RECON.batch_size})")
     r.add_argument("--cg-iterations", type=positive_int, default=_RECON.cg_iterations,
                    help=f"low-rank: conjugate-gradient iterations (default {_RECON.cg_iterations})")
+    r.add_argument("--dc-weight", type=float, default=_RECON.dc_weight,
+                   help="unet, diffusion: data consistency of the network's estimate (every sample): CG on "
+                        "||A c - y||^2 + w ||c - estimate||^2 in the reference basis; 0 (default) keeps the "
+                        "network's output as it is (the paper)")
+    r.add_argument("--dc-iterations", type=positive_int, default=_RECON.dc_iterations,
+                   help=f"CG iterations of the data consistency (default {_RECON.dc_iterations})")
     r.add_argument("--unet-stride", type=positive_int, default=_RECON.unet_stride,
                    help=f"unet: window step (default {_RECON.unet_stride})")
     r.add_argument("--seed", type=int, default=_RECON.seed, help="diffusion seed (default 0)")
@@ -302,9 +308,13 @@ def run_recon(args: argparse.Namespace) -> int:
     model, percentile, about = None, 99.0, {}
     if args.method in ("diffusion", "unet"):
         model, percentile, about = _load_model(args, setup.reference.basis, device)
+    if args.dc_weight < 0 or (args.dc_weight > 0 and args.method not in ("diffusion", "unet")):
+        raise MrdpmError(f"--dc-weight must be >= 0, and applies to the methods diffusion and unet; got "
+                         f"{args.dc_weight} with --method {args.method}", path=args.case)
     options = ReconOptions(steps=args.steps, samples=args.samples, patch=args.patch or None, stride=args.stride,
                            eta=args.eta, batch_size=args.batch_size, seed=args.seed, roi=not args.no_roi,
-                           unet_stride=args.unet_stride, cg_iterations=args.cg_iterations, percentile=percentile)
+                           unet_stride=args.unet_stride, cg_iterations=args.cg_iterations, percentile=percentile,
+                           dc_weight=args.dc_weight, dc_iterations=args.dc_iterations)
     records, results = [], []
     for s in slices:
         truth = None if case.truth is None else case.truth.slice(s)

@@ -244,11 +244,13 @@ def _normal_equations(op: SubspaceSpiralOperator, y: torch.Tensor, dcf: torch.Te
 
 
 def low_rank_cg(op: SubspaceSpiralOperator, y: torch.Tensor, dcf: torch.Tensor | None = None, *, n_iter: int = 20,
-                lam: float = 0.0, x0: torch.Tensor | None = None) -> torch.Tensor:
+                lam: float = 0.0, prior: torch.Tensor | None = None, x0: torch.Tensor | None = None,
+                ) -> torch.Tensor:
     """Low-rank subspace reconstruction: conjugate gradient on the (weighted) normal equations.
 
-    Minimises ``||W^(1/2) (A c - y)||^2 / alpha + lam ||c||^2`` (alpha: :func:`frame_coverage`, which makes the
-    data term's Hessian ``~ I``, so ``lam`` is relative to it) by ``n_iter`` CG iterations from ``x0`` (zeros),
+    Minimises ``||W^(1/2) (A c - y)||^2 / alpha + lam ||c - prior||^2`` (alpha: :func:`frame_coverage`, which
+    makes the data term's Hessian ``~ I``, so ``lam`` is relative to it; ``prior`` zero unless given: plain
+    Tikhonov) by ``n_iter`` CG iterations from ``x0`` (default ``prior``, else zeros),
     each one application of the Toeplitz-embedded normal operator (:class:`SubspaceToeplitzGram`, built here
     at about the cost of ``K`` adjoints). ``dcf`` weights (density compensation) precondition the spiral's uneven
     sampling density and converge in far fewer iterations than ``dcf=None`` (plain least squares).
@@ -265,8 +267,11 @@ def low_rank_cg(op: SubspaceSpiralOperator, y: torch.Tensor, dcf: torch.Tensor |
         CG iterations.
     lam
         Tikhonov (L2) weight, ``>= 0``.
+    prior
+        ``(..., K, H, W)`` coefficients the Tikhonov term pulls towards (e.g. a network's estimate: data
+        consistency of that estimate), or None (zeros).
     x0
-        ``(..., K, H, W)`` initial guess, or None.
+        ``(..., K, H, W)`` initial guess, or None (``prior``, or zeros).
 
     Returns
     -------
@@ -274,6 +279,10 @@ def low_rank_cg(op: SubspaceSpiralOperator, y: torch.Tensor, dcf: torch.Tensor |
         ``(..., K, H, W)`` complex64 coefficient images.
     """
     rhs, normal = _normal_equations(op, y, dcf, lam)
+    if prior is not None:
+        prior = prior.to(torch.complex64)
+        rhs = rhs + lam * prior
+        x0 = prior if x0 is None else x0
     return conjugate_gradient(normal, rhs, x0, max_iter=n_iter, tol=0.0, batch_ndim=rhs.dim() - 3)
 
 
