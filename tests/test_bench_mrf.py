@@ -51,6 +51,16 @@ def test_resume_keeps_records_whose_method_settings_hold(bench, tmp_path):
     assert [r["method"] for r in _start(bench, tmp_path, settings)["records"]] == ["svd", "low-rank", "diffusion"]
 
 
+def test_resume_redoes_records_of_the_head_mask_metrics(bench, tmp_path):
+    settings = _settings()
+    _saved(bench, tmp_path, settings)
+    saved = json.loads((tmp_path / "mrf.json").read_text())
+    for record in saved["records"]:
+        del record["fingerprint"]["metrics"]  # a record from before the brain mask
+    (tmp_path / "mrf.json").write_text(json.dumps(saved))
+    assert _start(bench, tmp_path, settings)["records"] == []
+
+
 def test_resume_refuses_another_simulation(bench, tmp_path):
     _saved(bench, tmp_path, _settings())
     settings = _settings()

@@ -8,6 +8,7 @@ import torch
 
 from mrdpm.data.mrf_qmaps import (
     QMaps,
+    brain_mask,
     build_mrf_simulator,
     interpolation_dictionary,
     load_qmaps,
@@ -112,6 +113,27 @@ def test_support_mask_keeps_the_object_and_drops_isolated_noise():
     mask = support_mask(pd.to(torch.complex64) * 1j)
     assert torch.equal(mask, disc)
     assert support_mask(torch.zeros(2, 8, 8)).sum() == 0
+
+
+def test_brain_mask_is_the_region_inside_the_short_t2_ring():
+    """A brain disc (T2 80 ms, a short-T2 spot inside) in a skull ring (20 ms) with a 2-pixel gap, in a scalp
+    annulus (60 ms): the mask is the disc with its spot, not the ring or the scalp, slice by slice."""
+    n = 96
+    yy, xx = torch.meshgrid(torch.arange(n) - 47.5, torch.arange(n) - 40.5, indexing="ij")
+    r = (yy**2 + xx**2).sqrt()
+    brain, ring, scalp = r < 30, (r >= 30) & (r < 33), (r >= 33) & (r < 40)
+    ring &= ~((yy.abs() < 1) & (xx > 0))  # a gap: the scalp touches the brain there
+    t2 = torch.full((n, n), 80.0)
+    t2[ring], t2[scalp] = 20.0, 60.0
+    t2[(yy - 5) ** 2 + (xx + 3) ** 2 < 9] = 15.0  # a short-T2 spot inside the brain
+    head = r < 40
+    mask = brain_mask(torch.stack([t2, t2]), torch.stack([head, torch.zeros_like(head)]))
+    assert mask.shape == (2, n, n)
+    assert not bool(mask[1].any())  # no head, no brain
+    assert bool(mask[0][brain].all())
+    assert not bool(mask[0][scalp].any())  # the gap is closed (with gap=0 the mask takes the whole scalp)
+    with pytest.raises(ValueError, match="same"):
+        brain_mask(t2, head[:-1])
 
 
 def test_interpolation_matches_exact_epg(short_sequence, fine_grids):

@@ -35,8 +35,8 @@ from mrdpm.physics.spiral import (
     variable_density_spiral,
 )
 
-__all__ = ["MrfSimulator", "QMaps", "SimulatedMrfSlice", "build_mrf_simulator", "interpolation_dictionary",
-           "load_qmaps", "simulate_mrf_slice", "support_mask", "time_series_subspace"]
+__all__ = ["MrfSimulator", "QMaps", "SimulatedMrfSlice", "brain_mask", "build_mrf_simulator",
+           "interpolation_dictionary", "load_qmaps", "simulate_mrf_slice", "support_mask", "time_series_subspace"]
 
 _REQUIRED_KEYS = ("t1_s", "t2_s", "pd_re_im")
 
@@ -103,6 +103,63 @@ def support_mask(pd: torch.Tensor) -> torch.Tensor:
                          for m in flat])
     majority = F.avg_pool2d(above[:, None].float(), 3, stride=1, padding=1, count_include_pad=False)[:, 0] > 0.5
     return (above & majority).reshape(magnitude.shape)
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of ``(H, W)`` bool by a ``(2 radius + 1)`` square."""
+    return F.max_pool2d(mask[None, None].float(), 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0
+
+
+def _flood(seed: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``allowed`` 8-connected to ``seed & allowed`` (``(H, W)`` bool)."""
+    region = seed & allowed
+    while True:
+        grown = _dilate(region, 1) & allowed
+        if bool((grown == region).all()):
+            return region
+        region = grown
+
+
+def brain_mask(t2_ms: torch.Tensor, head: torch.Tensor, *, skull_t2_ms: float = 40.0, gap: int = 3) -> torch.Tensor:
+    """The brain inside the skull, for evaluating maps there (the Deli-CS files have no brain mask).
+
+    The skull and scalp show as a ring of short T2 around the brain. The ring (head pixels of T2 below
+    ``skull_t2_ms``) is widened by ``gap`` pixels to close its gaps; the brain is the region of the other head
+    pixels connected to the head's central disc (a quarter of its equivalent radius), grown back by ``gap`` pixels
+    inside the head, with its holes filled (short-T2 spots inside the brain are kept). Slice by slice.
+
+    Parameters
+    ----------
+    t2_ms
+        ``(..., H, W)`` reference T2 in ms.
+    head
+        ``(..., H, W)`` bool head support (:class:`QMaps` ``mask``).
+    skull_t2_ms, gap
+        The ring's T2 threshold (ms) and the closing radius (pixels).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., H, W)`` bool, inside ``head``; empty where the head is.
+    """
+    if t2_ms.shape != head.shape or t2_ms.dim() < 2:
+        raise ValueError(f"t2_ms and head must have the same (..., H, W) shape, got {tuple(t2_ms.shape)} and "
+                         f"{tuple(head.shape)}")
+    height, width = head.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    border = torch.zeros(height, width, dtype=torch.bool)
+    border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
+    out = []
+    for t2, support in zip(t2_ms.reshape(-1, height, width), head.reshape(-1, height, width).bool(), strict=True):
+        if not bool(support.any()):
+            out.append(support)
+            continue
+        allowed = support & ~_dilate(support & (t2 < skull_t2_ms), gap)
+        cy, cx = yy[support].float().mean(), xx[support].float().mean()
+        centre = (yy - cy) ** 2 + (xx - cx) ** 2 < (0.25**2) * float(support.sum()) / math.pi
+        region = _dilate(_flood(centre, allowed), gap) & support
+        out.append(~_flood(border, ~region))  # fill the holes: everything the outside cannot reach
+    return torch.stack(out).reshape(head.shape)
 
 
 def _array(data, key: str, path: Path) -> np.ndarray:
