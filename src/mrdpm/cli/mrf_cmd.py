@@ -19,7 +19,7 @@ from mrdpm.data.mrf_pairs import (
     save_case,
     simulate_case,
 )
-from mrdpm.data.mrf_qmaps import QMaps, load_qmaps
+from mrdpm.data.mrf_qmaps import QMaps, brain_mask, load_qmaps
 from mrdpm.data.volumes import subject_id
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.regression import PRESETS as UNET_PRESETS
@@ -152,7 +152,9 @@ def _register_recon(mrf: argparse._SubParsersAction) -> None:
         description="Reconstruct every slice of a case and match the dictionary. Writes to OUTPUT: t1_ms.nii.gz, "
                     "t2_ms.nii.gz, pd.nii.gz (|PD|, a.u.), for --method diffusion also t1_std_ms.nii.gz and "
                     "t2_std_ms.nii.gz (spread of the per-sample maps), maps.png (middle slice) and summary.json "
-                    "(with errors against the truth when the case holds it). Pixels are matched inside the case's "
+                    "(with errors against the truth when the case holds it: inside the head support, and as "
+                    "*_brain inside the brain, mrdpm.data.mrf_qmaps.brain_mask, where benchmarks/mrf.py reports "
+                    "them). Pixels are matched inside the case's "
                     "true support mask when it has one, else inside the support of the gridding image (Otsu). "
                     "Diffusion costs steps x samples x "
                     "windows network evaluations of 64x64 patches: the paper's stride 8 is hours per slice on a CPU; "
@@ -326,7 +328,9 @@ def run_recon(args: argparse.Namespace) -> int:
         results.append(result.maps)
         record = {"slice": int(case.slice_index[s]), "nfe": result.nfe, "seconds": round(result.seconds, 2)}
         if truth is not None:
-            record |= map_metrics(result.maps, truth.t1_ms, truth.t2_ms, truth.mask)
+            brain = map_metrics(result.maps, truth.t1_ms, truth.t2_ms, brain_mask(truth.t2_ms, truth.mask))
+            record |= map_metrics(result.maps, truth.t1_ms, truth.t2_ms, truth.mask) | {
+                f"{key}_brain": value for key, value in brain.items()}
         records.append(record)
     args.output.mkdir(parents=True, exist_ok=True)
     images = {"t1_ms": lambda m: m.t1_ms, "t2_ms": lambda m: m.t2_ms, "pd": lambda m: m.pd.abs()}
