@@ -140,7 +140,7 @@ def brain_mask(t2_ms: torch.Tensor, head: torch.Tensor, *, skull_t2_ms: float = 
     Returns
     -------
     torch.Tensor
-        ``(..., H, W)`` bool, inside ``head``; empty where the head is.
+        ``(..., H, W)`` bool, inside ``head``; empty for a slice without head pixels.
     """
     if t2_ms.shape != head.shape or t2_ms.dim() < 2:
         raise ValueError(f"t2_ms and head must have the same (..., H, W) shape, got {tuple(t2_ms.shape)} and "

@@ -22,8 +22,8 @@ it is): the network methods' estimates (every diffusion sample) ``c_net`` in the
 ``dc_iterations`` CG iterations on ``||W^(1/2) (A_ref c - y)||^2 / alpha + dc_weight ||c - c_net||^2``
 (:func:`~mrdpm.physics.mrf_acquisition.low_rank_cg` with a prior), where ``A_ref`` is the acquisition in the
 reference basis restricted to the acquired repetitions (:attr:`MrfSetup.reference_operator`): the measured
-k-space corrects what the acquired frames determine, the network keeps the rest (the first 200 of 1000 frames
-hardly see the last reference coefficients: their singular values there are ~0.2 and ~0.08).
+k-space corrects what the acquired frames determine, the network keeps the rest (the reference basis cut to the
+first 200 of 1000 frames is ill-conditioned: those frames hardly see the last reference coefficients).
 
 Intensity: the model card's ``pair_scale = "condition"``: the condition's ``2K`` real channels are divided by the
 ``percentile``-th percentile ``f`` of their absolute values over the slice (what training did to every pair), and
