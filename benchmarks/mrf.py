@@ -13,7 +13,7 @@ Methods (:mod:`mrdpm.tasks.mrf`): ``svd`` (gridding + matching), ``low-rank`` (s
 k-space (``--dc-iterations`` CG iterations; not in the paper: :mod:`mrdpm.tasks.mrf`). Matching uses the head
 (the support mask of the maps); the metrics use the brain, as the issue and the paper: the files have no brain
 mask, so it is :func:`mrdpm.data.mrf_qmaps.brain_mask` of the true T2 and head (the region inside the skull's
-short-T2 ring, ~75% of the head). The scalp and skull's short T2 (< 40 ms) dominate a MAPE taken over the head, so
+short-T2 ring). The scalp and skull's short T2 (< 40 ms) dominate a MAPE taken over the head, so
 that MAPE is reported too (``*_head``, last columns).
 
 Metrics per slice, then mean +- sd over slices: MAPE of T1 and T2 (%, inside the brain), RMSE (ms), NRMSE, SSIM
