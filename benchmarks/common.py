@@ -1,7 +1,8 @@
-"""Helpers every benchmark script shares: comma lists, machine facts, a card's subjects, running a script's main."""
+"""Helpers every benchmark script shares: comma lists, machine facts, a card's subjects, JSON inputs, run."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -39,6 +40,16 @@ def trained_subjects(card: dict) -> set[str]:
     for source in (training.get("data") or {}).get("sources") or []:
         found |= set(source.get("subjects") or [])
     return found
+
+
+def read_json(path: Path, missing: str) -> dict:
+    """A JSON input file; ``MrdpmError`` naming it if it is absent (``missing`` says what to do) or not valid JSON."""
+    if not path.is_file():
+        raise MrdpmError(missing, path=path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MrdpmError(f"not valid JSON ({err})", path=path) from err
 
 
 def run_script(main: Callable[[], object]) -> None:

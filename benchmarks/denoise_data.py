@@ -26,7 +26,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping, not spinning, OpenMP threads on a shared CPU
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine_info, run_script
+from common import machine_info, read_json, run_script
 from mrdpm.cli.denoise_cmd import REPORT_NAME
 from mrdpm.data.neonatal import MANIFEST_NAME, foreground_mask
 from mrdpm.errors import MrdpmError
@@ -58,13 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def read_report(denoised_dir: Path) -> dict:
     """The report that ``mrdpm denoise-data`` wrote beside the denoised volumes."""
-    path = denoised_dir / REPORT_NAME
-    if not path.is_file():
-        raise MrdpmError("no denoise-data report here", path=path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise MrdpmError(f"the denoise-data report is not valid JSON ({err})", path=path) from err
+    return read_json(denoised_dir / REPORT_NAME, "no denoise-data report here")
 
 
 def _magnitude(path: Path) -> torch.Tensor:

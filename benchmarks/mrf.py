@@ -50,7 +50,7 @@ import torch
 
 from common import csv_list, machine_info, run_script, trained_subjects
 from mrdpm.data.mrf_pairs import MrfSimulationSettings, build_simulator, simulate_case
-from mrdpm.data.mrf_qmaps import QMaps, brain_mask, load_qmaps, time_series_subspace
+from mrdpm.data.mrf_qmaps import MrfSimulator, QMaps, brain_mask, load_qmaps, time_series_subspace
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.metrics import ssim
 from mrdpm.models.checkpoint import resolve_model
@@ -269,7 +269,7 @@ def start_report(args: argparse.Namespace, settings: dict) -> dict:
     return report
 
 
-def slice_stacks(volumes: dict[str, QMaps], simulators: dict, positions: slice):
+def slice_stacks(volumes: dict[str, QMaps], simulators: dict[tuple[int, int], MrfSimulator], positions: slice):
     """``(volume, one-slice QMaps stack, simulator of its shape)`` for every chosen slice position."""
     for volume, maps in volumes.items():
         for position in range(maps.t1_ms.shape[0])[positions]:
@@ -299,7 +299,7 @@ class Study:
     seed: int
     source: str
     volumes: dict[str, QMaps]
-    simulators: dict[tuple[int, int], object]
+    simulators: dict[tuple[int, int], MrfSimulator]
     models: dict
     about: dict
     percentile: float

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from common import csv_list, machine_info, run_script, trained_subjects
+from common import csv_list, machine_info, read_json, run_script, trained_subjects
 from mrdpm.data.config import ORIENTATION_AXIS
 from mrdpm.data.neonatal import CONTRASTS, MANIFEST_NAME, foreground_mask
 from mrdpm.data.normalise import percentile_factor
@@ -237,11 +237,8 @@ def check_no_leak(card: dict, subjects: list[str], what: str, path: Path) -> Non
 
 def read_manifest(data_dir: Path) -> dict:
     """The manifest ``neonatal.json`` of a data set written by ``mrdpm neonatal synthesise``."""
-    manifest_path = data_dir / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise MrdpmError("no manifest: synthesise the data with `mrdpm neonatal synthesise` first",
-                         path=manifest_path)
-    return json.loads(manifest_path.read_text())
+    return read_json(data_dir / MANIFEST_NAME,
+                     "no manifest: synthesise the data with `mrdpm neonatal synthesise` first")
 
 
 def eval_slices(data_dir: Path, subjects: list[str] | None, count: int) -> tuple[list[EvalSlice], dict]:

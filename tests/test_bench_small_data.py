@@ -149,3 +149,13 @@ def test_script_reports_a_missing_model_in_one_line(data_dir, tmp_path, monkeypa
         runpy.run_path(str(script), run_name="__main__")
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith(f"small_data.py: error: {missing}: no checkpoint file")
+
+
+def test_manifest_missing_or_not_json_is_one_error_naming_it(bench, tmp_path):
+    with pytest.raises(MrdpmError, match="no manifest") as err:
+        bench.read_manifest(tmp_path)
+    assert str(tmp_path / "neonatal.json") in str(err.value)
+    (tmp_path / "neonatal.json").write_text("{not json")
+    with pytest.raises(MrdpmError, match="not valid JSON") as err:
+        bench.read_manifest(tmp_path)
+    assert str(tmp_path / "neonatal.json") in str(err.value)

@@ -313,7 +313,9 @@ def test_cli_recon_with_models_and_errors(pairs, case_path, tmp_path, capsys):
     for argv, message, path in (
             (["recon", str(case_path), "-o", str(out)], "needs --model", case_path),
             (["recon", str(case_path), "-o", str(out), "--method", "svd", "--dc-weight", "0.1"],
-             "applies to the methods diffusion and unet", case_path),
+             "dc_weight applies to the network methods", case_path),
+            (["recon", str(case_path), "-o", str(out), "--method", "unet", "--model", str(run / "unet.json"),
+              "--dc-weight", "-1"], "dc_weight >= 0", case_path),
             (["recon", str(bad), "-o", str(out), "--method", "svd"], "cannot read as an MRF case", bad),
             (["recon", str(tmp_path / "partial.npz"), "-o", str(out), "--method", "svd"], "missing keys",
              tmp_path / "partial.npz"),

@@ -310,20 +310,20 @@ def run_recon(args: argparse.Namespace) -> int:
     model, percentile, about = None, 99.0, {}
     if args.method in ("diffusion", "unet"):
         model, percentile, about = _load_model(args, setup.reference.basis, device)
-    if args.dc_weight < 0 or (args.dc_weight > 0 and args.method not in ("diffusion", "unet")):
-        raise MrdpmError(f"--dc-weight must be >= 0, and applies to the methods diffusion and unet; got "
-                         f"{args.dc_weight} with --method {args.method}", path=args.case)
-    options = ReconOptions(steps=args.steps, samples=args.samples, patch=args.patch or None, stride=args.stride,
-                           eta=args.eta, batch_size=args.batch_size, seed=args.seed, roi=not args.no_roi,
-                           unet_stride=args.unet_stride, cg_iterations=args.cg_iterations, percentile=percentile,
-                           dc_weight=args.dc_weight, dc_iterations=args.dc_iterations)
+    try:
+        options = ReconOptions(steps=args.steps, samples=args.samples, patch=args.patch or None,
+                               stride=args.stride, eta=args.eta, batch_size=args.batch_size, seed=args.seed,
+                               roi=not args.no_roi, unet_stride=args.unet_stride, cg_iterations=args.cg_iterations,
+                               percentile=percentile, dc_weight=args.dc_weight, dc_iterations=args.dc_iterations)
+    except ValueError as err:
+        raise MrdpmError(str(err), path=args.case) from err
     records, results = [], []
     for s in slices:
         truth = None if case.truth is None else case.truth.slice(s)
         try:
             result = reconstruct_slice(setup, case.kspace[s], args.method, model=model, options=options,
                                        mask=None if truth is None else truth.mask)
-        except ValueError as err:  # options the model cannot take (steps above its T, windows too large)
+        except ValueError as err:  # options the model or method cannot take (steps above T, dc for svd)
             raise MrdpmError(str(err), path=args.model or args.case) from err
         results.append(result.maps)
         record = {"slice": int(case.slice_index[s]), "nfe": result.nfe, "seconds": round(result.seconds, 2)}
