@@ -1,7 +1,7 @@
 """Ultra-low-field (64 mT) -> high-field quality transfer benchmark (MRIQT, arXiv 2511.13232) on held-out volumes.
 
 Data: the pairs of ``mrdpm ulf make-pairs`` (``--pairs``, default ``../runs/ulf-pairs``: ``<subject>_hf.nii.gz``
-targets and ``<subject>_lf.nii.gz`` simulated 64 mT conditions, see :file:`configs/ulf-small.toml`). The subjects
+targets and ``<subject>_lf.nii.gz`` simulated 64 mT conditions, see :file:`configs/ulf.toml`). The subjects
 are the held-out list of the diffusion model's card (else the U-Net's), or ``--subjects``; a model trained on an
 evaluated subject is refused.
 

@@ -68,6 +68,26 @@ def test_contrast_from_labels_and_errors_name_files(head, tmp_path, capsys):
     assert "grid" in err
 
 
+def test_contrast_from_dlmuse_labels(head, tmp_path, capsys):
+    """IXI's DLMUSE ROI maps drive the adult contrast directly (--tissue-kind dlmuse); other ids are refused."""
+    hf_path, labels_path = head
+    labels = read_image(labels_path)
+    muse = np.select([labels.data == 3, labels.data == 2, labels.data == 1], [81, 100, 4], 0)  # WM, GM, CSF ROIs
+    muse_path = _save(tmp_path / "seg_DLMUSE.nii.gz", muse, labels.affine)
+    out = tmp_path / "lf.nii.gz"
+    assert main(["ulf", "simulate", str(hf_path), "-o", str(out), "--contrast", "T1w", "--labels", str(muse_path),
+                 "--tissue-kind", "dlmuse", "--no-noise", "--voxel-mm", "1,1,1"]) == 0
+    capsys.readouterr()
+    image = read_image(out).data
+    means = [float(image[labels.data == k].mean()) for k in (1, 2, 3)]
+    assert means[2] > means[1] > means[0]  # adult T1w: WM > GM > CSF
+    assert main(["ulf", "simulate", str(hf_path), "-o", str(out), "--contrast", "T1w", "--labels", str(labels_path),
+                 "--tissue-kind", "dlmuse"]) == 2  # ids 1-3 are not all MUSE ROIs
+    err = capsys.readouterr().err
+    assert "labels.nii.gz" in err
+    assert "DLMUSE" in err
+
+
 def test_fit_transfer_then_apply(head, tmp_path, capsys):
     hf_path, _ = head
     hf = read_image(hf_path)

@@ -16,6 +16,7 @@ from mrdpm.physics.relaxation import (
     default_sequence,
     dlmuse_to_adult,
     signal_equation,
+    tissue_classes,
     tissue_parameters,
     weighted_image,
 )
@@ -126,6 +127,18 @@ def test_dlmuse_map_on_ixi(shared_data):
     synthetic = weighted_image(classes, "T1w", 1.5, kind="adult")
     synthetic_mean = [synthetic[classes == c].mean().item() for c in range(4)]
     assert synthetic_mean[3] > synthetic_mean[2] > synthetic_mean[1]
+
+
+def test_dlmuse_label_set_is_the_adult_classes():
+    seg = torch.tensor([[[0, 4, 100], [81, 23, 52]]])  # background, CSF, GM, WM, deep GM, CSF (MUSE ROI ids)
+    for contrast in ("T1w", "T2w"):
+        torch.testing.assert_close(weighted_image(seg, contrast, 0.064, kind="dlmuse"),
+                                   weighted_image(dlmuse_to_adult(seg), contrast, 0.064, kind="adult"))
+    assert tissue_classes(seg, "dlmuse")[1] == "adult"
+    with pytest.raises(ValueError, match="not DLMUSE ROIs"):
+        weighted_image(torch.tensor([[[0, 3]]]), "T1w", 0.064, kind="dlmuse")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        weighted_image(seg, "T1w", 0.064, kind="muse")
 
 
 def test_partial_volume_smoothing_keeps_mean_and_blurs():

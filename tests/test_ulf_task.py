@@ -23,7 +23,7 @@ from mrdpm.physics.lowfield import LowFieldSettings
 from mrdpm.tasks.ulf import enhance, noised_start, orthogonal_mosaic, start_timestep, strength_sigmas
 from mrdpm.train.config import load_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ulf-small.toml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ulf.toml"
 OBLIQUE = np.array([[0.0, 0.0, 1.0, -10], [0.0, 1.0, 0.1, -14], [1.0, 0.0, 0.0, -12], [0, 0, 0, 1]])
 SETTINGS = LowFieldSettings(voxel_mm=(4.0, 2.0, 2.0), snr_db=15.0, contrast="T2w")
 
@@ -241,7 +241,7 @@ def test_orthogonal_mosaic_places_the_three_views():
 
 
 def _train_config(pairs: Path, folder: Path) -> Path:
-    """configs/ulf-small.toml pointed at ``pairs`` and a perceptual encoder in ``folder``, sized for a test."""
+    """configs/ulf.toml pointed at ``pairs`` and a perceptual encoder in ``folder``, sized for a test."""
     text = CONFIG.read_text().replace("../runs/ulf-pairs", pairs.as_posix())
     text = text.replace("../runs/ulf-encoder/encoder.json", (folder / "encoder" / "encoder.json").as_posix())
     text = text.replace("[32, 32, 32]", "[8, 8, 8]").replace('["template-30", "template-36", "template-42"]',

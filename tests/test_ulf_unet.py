@@ -17,7 +17,7 @@ from mrdpm.models.precond import Denoiser, DenoiserConfig
 from mrdpm.tasks.ulf import enhance_unet
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "ulf-small.toml"
+CONFIG = REPO / "configs" / "ulf.toml"
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def _one_thread(_deterministic):
 
 
 def _config(ulf_pairs: Path, folder: Path, spatial_dims: int = 3) -> Path:
-    """configs/ulf-small.toml pointed at ``ulf_pairs``, 18^3 patches, subjC held out."""
+    """configs/ulf.toml pointed at ``ulf_pairs``, 18^3 patches, subjC held out."""
     text = CONFIG.read_text().replace("../runs/ulf-pairs", ulf_pairs.as_posix())
     text = text.replace("[32, 32, 32]", "[18, 18, 18]" if spatial_dims == 3 else "[18, 18]")
     text = text.replace('["template-30", "template-36", "template-42"]', '["subjC"]')

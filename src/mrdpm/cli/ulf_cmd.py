@@ -29,6 +29,7 @@ from mrdpm.physics.lowfield import (
     save_transfer_function,
     simulate_low_field,
 )
+from mrdpm.physics.relaxation import LABEL_SETS
 from mrdpm.tasks.dpm import load_prior
 from mrdpm.tasks.ulf import UlfResult, condition_percentile, enhance, enhance_unet, orthogonal_mosaic
 from mrdpm.train.config import load_config
@@ -78,8 +79,9 @@ def _add_physics_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-noise", action="store_true", help="no noise: the degraded image only")
     p.add_argument("--contrast", choices=("T1w", "T2w"), default=None,
                    help="re-synthesise this contrast at --field-t from --labels (default: keep the input's)")
-    p.add_argument("--tissue-kind", choices=("neonatal", "adult"), default="neonatal",
-                   help="label set of --labels: the neonatal atlas' 9 tissues or adult CSF/GM/WM (default neonatal)")
+    p.add_argument("--tissue-kind", choices=LABEL_SETS, default="neonatal",
+                   help="label set of --labels: the neonatal atlas' 9 tissues, adult CSF/GM/WM/deep GM (0-4), or "
+                        "DLMUSE ROI ids as in ixi-t1/seg (default neonatal)")
 
 
 def _physics_settings(args: argparse.Namespace) -> LowFieldSettings:
@@ -134,7 +136,7 @@ def _register_make_pairs(ulf: argparse._SubParsersAction) -> None:
         description="For each high-field volume, simulate its low-field twin with the physics model on the input "
                     "grid, resample both to --out-voxel-mm (band-limited Fourier resampling), and write "
                     "<stem>_hf and <stem>_lf volumes plus a manifest ulf_pairs.json (settings, seeds, subjects, "
-                    "held-out split) into the output folder. Train on them with a config like configs/ulf-small.toml.")
+                    "held-out split) into the output folder. Train on them with a config like configs/ulf.toml.")
     m.add_argument("images", nargs="+", help="high-field magnitude volumes (NIfTI, .npy or DICOM)")
     m.add_argument("-o", "--output-dir", required=True, help="folder for the pairs and the manifest (created)")
     m.add_argument("--labels", nargs="+", default=None,
@@ -160,7 +162,7 @@ def _register_train_unet(ulf: argparse._SubParsersAction) -> None:
                     "held-out subjects as the diffusion model), with a mean squared error (Adam, cosine decay). "
                     "Writes RUN_DIR/unet.json + unet.safetensors; use it with `ulf enhance --method unet`.")
     t.add_argument("config", type=Path, help="training config (.toml) of the diffusion model, e.g. "
-                                             "configs/ulf-small.toml")
+                                             "configs/ulf.toml")
     t.add_argument("--run-dir", type=Path, default=None, help="output folder (default runs/<config name>-unet)")
     t.add_argument("--steps", type=positive_int, default=3000, help="optimiser steps (default 3000)")
     t.add_argument("--unet-preset", choices=sorted(PRESETS), default="small",

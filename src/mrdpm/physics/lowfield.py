@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from mrdpm.errors import MrdpmError
 from mrdpm.physics.fft import fftnc, ifftnc
 from mrdpm.physics.noise import complex_gaussian
-from mrdpm.physics.relaxation import tissue_parameters, weighted_image
+from mrdpm.physics.relaxation import LABEL_SETS, weighted_image
 
 __all__ = ["LowFieldSettings", "apply_transfer_function", "degrade_resolution", "estimate_transfer_function",
            "field_scaled_snr_db", "histogram_match", "load_transfer_function", "resolution_filter",
@@ -269,7 +269,8 @@ class LowFieldSettings:
         ``"T1w"`` / ``"T2w"``: re-synthesise contrast from tissue labels at ``field_t`` (default ULF sequence);
         None keeps the HF contrast.
     tissue_kind
-        Label set of those labels: ``"neonatal"`` or ``"adult"``.
+        Label set of those labels: ``"neonatal"``, ``"adult"`` or ``"dlmuse"`` (DLMUSE ROI ids, as in
+        ``ixi-t1/seg``; :func:`mrdpm.physics.relaxation.tissue_classes`).
     """
 
     field_t: float = 0.064
@@ -285,7 +286,7 @@ class LowFieldSettings:
     tissue_kind: str = "neonatal"
 
     def __post_init__(self):
-        if not self.field_t > 0 or not self.reference_field_t > 0:
+        if not all(math.isfinite(f) and f > 0 for f in (self.field_t, self.reference_field_t)):
             raise ValueError(f"fields must be positive, got {self.field_t=}, {self.reference_field_t=}")
         if len(self.voxel_mm) != 3 or min(self.voxel_mm) <= 0:
             raise ValueError(f"voxel_mm must be 3 positive sizes, got {self.voxel_mm=}")
@@ -296,7 +297,8 @@ class LowFieldSettings:
             raise ValueError(f"snr_db must be finite or None (set noise=False for none), got {self.snr_db=}")
         if self.contrast not in (None, "T1w", "T2w"):
             raise ValueError(f"contrast must be None, 'T1w' or 'T2w', got {self.contrast=}")
-        tissue_parameters(self.tissue_kind, self.field_t)  # validates tissue_kind
+        if self.tissue_kind not in LABEL_SETS:
+            raise ValueError(f"tissue_kind must be one of {list(LABEL_SETS)}, got {self.tissue_kind=}")
 
 
 def _slice_profile_response(n: int, width_voxels: float) -> torch.Tensor:

@@ -6,7 +6,8 @@ Tables (user-facing units: milliseconds; PD relative to free water = 1) are give
 - ``"neonatal"``: label ids of the Makropoulos et al. (NeuroImage 2015) 9-class tissue maps distributed with the
   Serag et al. (NeuroImage 2012) neonatal atlas (``regions.txt``), plus 0 = outside the head (air).
 - ``"adult"``: 0 background (air), 1 CSF, 2 GM, 3 WM, 4 deep GM; :func:`dlmuse_to_adult` maps DLMUSE/MUSE
-  ROI ids onto these classes.
+  ROI ids onto these classes, and :func:`weighted_image` takes DLMUSE maps (``ixi-t1/seg``) directly as the label
+  set ``"dlmuse"`` (:data:`LABEL_SETS`).
 
 Every value is APPROXIMATE: a rounded literature value or an extrapolation from one, good for simulating
 plausible contrast, not for quantitative work. Sources:
@@ -42,9 +43,9 @@ import torch
 
 from mrdpm.physics.fft import fftnc, ifftnc
 
-__all__ = ["ADULT_TISSUES", "FIELDS_T", "NEONATAL_TISSUES", "SequenceParameters", "Tissue", "TissueParameters",
-           "default_sequence", "dlmuse_to_adult", "gaussian_smooth", "signal_equation", "tissue_parameters",
-           "weighted_image"]
+__all__ = ["ADULT_TISSUES", "FIELDS_T", "LABEL_SETS", "NEONATAL_TISSUES", "SequenceParameters", "Tissue",
+           "TissueParameters", "default_sequence", "dlmuse_to_adult", "gaussian_smooth", "signal_equation",
+           "tissue_classes", "tissue_parameters", "weighted_image"]
 
 FIELDS_T: tuple[float, ...] = (0.064, 1.0, 1.5, 3.0)
 
@@ -87,6 +88,8 @@ ADULT_TISSUES: tuple[Tissue, ...] = (
 """Adult tissues indexed by class id (0 background, 1 CSF, 2 GM, 3 WM, 4 deep GM)."""
 
 _TABLES = {"neonatal": NEONATAL_TISSUES, "adult": ADULT_TISSUES}
+#: Label maps that :func:`weighted_image` takes: the two tables' ids, and DLMUSE ROI ids (mapped to "adult").
+LABEL_SETS: tuple[str, ...] = ("neonatal", "adult", "dlmuse")
 
 # DLMUSE/MUSE ROI ids (MUSE ROI dictionary; Neuromorphometrics-style numbering) -> adult class. Ids 1, 46 and 69
 # are absent from the MUSE volume dictionary; their class was read from their mean intensity in the 32 IXI T1
@@ -271,6 +274,17 @@ def dlmuse_to_adult(labels: torch.Tensor) -> torch.Tensor:
     return classes
 
 
+def tissue_classes(labels: torch.Tensor, kind: str) -> tuple[torch.Tensor, str]:
+    """Labels of the label set ``kind`` as ids of a relaxation table (:func:`tissue_parameters`), and its kind.
+
+    ``"neonatal"`` (:data:`NEONATAL_TISSUES`) and ``"adult"`` (:data:`ADULT_TISSUES`) ids are table ids already;
+    ``"dlmuse"`` ROI ids become adult classes by :func:`dlmuse_to_adult`.
+    """
+    if kind not in LABEL_SETS:
+        raise ValueError(f"kind must be one of {list(LABEL_SETS)}, got {kind=}")
+    return (dlmuse_to_adult(labels), "adult") if kind == "dlmuse" else (labels, kind)
+
+
 def gaussian_smooth(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
     """Isotropic Gaussian blur of a ``(D, H, W)`` volume by Fourier multiplication (periodic boundaries)."""
     freqs = [torch.arange(n, dtype=torch.float32) / n - (n // 2) / n for n in volume.shape]
@@ -292,8 +306,7 @@ def weighted_image(labels: torch.Tensor, contrast: str, field_t: float, tr_ms: f
     Parameters
     ----------
     labels
-        ``(D, H, W)`` integer label map with ids of ``kind`` (:data:`NEONATAL_TISSUES` or
-        :data:`ADULT_TISSUES`; use :func:`dlmuse_to_adult` first for DLMUSE maps).
+        ``(D, H, W)`` integer label map with ids of ``kind``.
     contrast
         ``"T1w"`` or ``"T2w"``.
     field_t
@@ -301,7 +314,7 @@ def weighted_image(labels: torch.Tensor, contrast: str, field_t: float, tr_ms: f
     tr_ms, te_ms, ti_ms
         Sequence timing in ms; None takes the default for the contrast and field.
     kind
-        ``"neonatal"`` or ``"adult"``.
+        Label set of ``labels``, one of :data:`LABEL_SETS` (:func:`tissue_classes`).
     smoothing_voxels
         Standard deviation of the partial-volume blur in voxels; 0 for none.
 
@@ -314,6 +327,7 @@ def weighted_image(labels: torch.Tensor, contrast: str, field_t: float, tr_ms: f
         raise ValueError(f"labels must be an integer (D, H, W) tensor, got {labels.dtype} {tuple(labels.shape)}")
     if smoothing_voxels < 0:
         raise ValueError(f"smoothing_voxels must be >= 0, got {smoothing_voxels=}")
+    labels, kind = tissue_classes(labels, kind)
     params = tissue_parameters(kind, field_t)
     labels = labels.long()
     bad = (labels < 0) | (labels >= len(params.names))
