@@ -1,4 +1,4 @@
-"""Helpers every benchmark script shares: comma lists, machine facts, a card's subjects, JSON inputs, run."""
+"""Helpers every benchmark script shares: comma lists, machine facts, a card's subjects, JSON in and out, run."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def read_json(path: Path, missing: str) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MrdpmError(f"not valid JSON ({err})", path=path) from err
+
+
+def write_results(report: dict, out: Path, name: str, write_markdown: Callable[[dict, Path], None]) -> None:
+    """``<out>/<name>.json`` (the report, indented) and ``<out>/<name>.md`` (``write_markdown(report, path)``)."""
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report, out / f"{name}.md")
 
 
 def run_script(main: Callable[[], object]) -> None:

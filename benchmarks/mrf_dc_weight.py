@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping, not spinning, OpenMP threads on a shared CPU
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import csv_list, machine_info, run_script
+from common import csv_list, machine_info, run_script, write_results
 from mrdpm.data.mrf_pairs import simulate_case
 from mrdpm.data.mrf_qmaps import brain_mask
 from mrdpm.physics.mrf_acquisition import gridding_reconstruction
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           "mape_t1": metrics["mape_t1"], "mape_t2": metrics["mape_t2"]})
                 print(f"{volume} slice {number} {method} weight {weight:g}: MAPE T1 {metrics['mape_t1']:.2f} %, "
                       f"T2 {metrics['mape_t2']:.2f} %", flush=True)
-            (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-            write_markdown(report, args.out / f"{args.name}.md")
+            write_results(report, args.out, args.name, write_markdown)
     return report
 
 

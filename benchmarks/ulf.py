@@ -17,7 +17,8 @@ The methods:
   standard deviation of the samples is the uncertainty map.
 
 Metrics against the high-field truth (:mod:`mrdpm.eval.metrics`, magnitudes, float64): PSNR (peak: the truth's
-maximum), 3D SSIM (7x7x7 window), MAE (the pairs' intensity units) and Pearson correlation, inside the high-field
+maximum), 3D SSIM (7x7x7 window), MAE (the pairs' intensity units), Pearson correlation and the mean intensity
+bias (% of the truth's mean, :func:`intensity_bias`), inside the high-field
 foreground mask (truth above 0.1 x its 99th percentile: the training config's foreground rule; for SSIM the
 windows centred in it) and, as ``*_all``, over the whole volume. NFE: sequential network evaluations (0 for
 ``lf``, 1 for the U-Net); minutes of wall time per volume (the method alone). ``--time-128`` also times the
@@ -32,7 +33,7 @@ method settings) and data hash still match, and runs the rest.
 
 Run (from the repository root, after make-pairs and training):
 
-    python benchmarks/ulf.py --model runs/ulf-small/model.json --unet runs/ulf-small-unet/unet.json --time-128 \
+    python benchmarks/ulf.py --model runs/ulf-compact/model.json --unet runs/ulf-small-unet/unet.json --time-128 \
         --resume
 """
 
@@ -71,7 +72,8 @@ from mrdpm.tasks.ulf import check_ulf_model, condition_percentile, enhance, enha
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("lf", "unet", "diffusion")
 LABELS = {"lf": "low field (input)", "unet": "3D U-Net regression", "diffusion": "conditional diffusion"}
-METRICS = ("psnr", "ssim", "mae", "pearson")
+METRICS = ("psnr", "ssim", "mae", "pearson", "bias")
+METRICS_VERSION = 2  # 2: with the mean intensity bias; records of older versions are redone on --resume
 FOREGROUND_LEVEL, FOREGROUND_PERCENTILE = 0.1, 99.0
 PSNR_TARGET_PERCENT = 1.78  # the issue: diffusion's PSNR at least 1.78% above the U-Net's, and a higher SSIM
 TIME_TARGET_MINUTES = 10.0  # the issue: a 128^3 volume in <= 10 minutes on 2 CPU cores
@@ -192,11 +194,18 @@ def foreground(truth: torch.Tensor) -> torch.Tensor:
     return truth > FOREGROUND_LEVEL * percentile_factor(truth, FOREGROUND_PERCENTILE)
 
 
+def intensity_bias(truth: torch.Tensor, estimate: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """Mean intensity error in % of the truth's mean, ``100 (mean(e) - mean(t)) / mean(t)`` over the mask (or all)."""
+    t, e = (truth.float(), estimate.float()) if mask is None else (truth[mask].float(), estimate[mask].float())
+    return float(100 * (e.mean() - t.mean()) / t.mean())
+
+
 def volume_metrics(truth: torch.Tensor, estimate: torch.Tensor, mask: torch.Tensor) -> dict:
     out = {}
     for suffix, m in (("", mask), ("_all", None)):
         out |= {f"psnr{suffix}": psnr(truth, estimate, m), f"ssim{suffix}": ssim(truth, estimate, m, spatial_dims=3),
-                f"mae{suffix}": mae(truth, estimate, m), f"pearson{suffix}": pearson(truth, estimate, m)}
+                f"mae{suffix}": mae(truth, estimate, m), f"pearson{suffix}": pearson(truth, estimate, m),
+                f"bias{suffix}": intensity_bias(truth, estimate, m)}
     return out
 
 
@@ -274,8 +283,14 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += ["", f"Pairs `{s['pairs']}`, subjects {', '.join(s['subjects'])}. The low-field input is "
               f"{s['lf_grid']}. Metrics against the high-field truth: inside its foreground mask (truth > "
               f"{FOREGROUND_LEVEL} x its {FOREGROUND_PERCENTILE:g}th percentile; SSIM: 3D, 7x7x7 windows centred in "
-              "it) and over the whole volume; PSNR peak = the truth's maximum; MAE in the pairs' intensity units. "
+              "it) and over the whole volume; PSNR peak = the truth's maximum; MAE in the pairs' intensity units; "
+              "mean bias = the mean intensity's error in % of the truth's (a global scale error shows here, not in "
+              "Pearson). "
               "Mean ± sd over volumes; NFE = sequential network evaluations; minutes of wall time per volume."]
+    unused = sorted({h for info in s["models"].values() for h in info["held_out"]} - set(s["subjects"]))
+    if unused:
+        lines.append(f"- held out by the models but not evaluated here: {', '.join(unused)} (validation volumes, "
+                     "e.g. of `benchmarks/ulf_sweep.py`)")
     for method, info in s["models"].items():
         summary = f": {info['summary']}" if info["summary"] else ""
         lines.append(f"- {LABELS[method]}: `{info['card']}` (sha256 {info['sha256'][:12]}){summary}")
@@ -283,14 +298,12 @@ def write_markdown(report: dict, path: Path) -> None:
         d = s["diffusion"]
         lines.append(f"- diffusion settings: strength {d['strength']}, {d['steps']} DDIM steps, {d['samples']} "
                      f"samples, guidance {d['guidance']}, eta {d['eta']}, seed {d['seed']}")
-    lines += ["", "| method | NFE | PSNR dB | SSIM | MAE | Pearson | PSNR dB (whole) | SSIM (whole) | MAE (whole) | "
-              "Pearson (whole) | min / volume | volumes |", "| --- " * 12 + "|"]
+    lines += ["", "| method | NFE | PSNR dB | SSIM | MAE | Pearson | mean bias % | PSNR dB (whole) | SSIM (whole) | "
+              "MAE (whole) | Pearson (whole) | min / volume | volumes |", "| --- " * 13 + "|"]
+    digits = {"psnr": 2, "ssim": 4, "mae": 2, "pearson": 4, "bias": 1}
     for row in report["summary"]:
-        cells = []
-        for metric, digits in (("psnr", 2), ("ssim", 4), ("mae", 2), ("pearson", 4)):
-            cells.append(f"{row[metric]:.{digits}f} ± {row[metric + '_sd']:.{digits}f}")
-        for metric, digits in (("psnr", 2), ("ssim", 4), ("mae", 2), ("pearson", 4)):
-            cells.append(f"{row[metric + '_all']:.{digits}f}")
+        cells = [f"{row[m]:.{n}f} ± {row[m + '_sd']:.{n}f}" for m, n in digits.items()]
+        cells += [f"{row[m + '_all']:.{n}f}" for m, n in digits.items() if m != "bias"]
         lines.append(f"| {LABELS[row['method']]} | {row['nfe']} | " + " | ".join(cells)
                      + f" | {row['minutes']:.2f} | {row['volumes']} |")
     lines += _target_lines(report["targets"], report.get("timing_128"))
@@ -401,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
     subjects = choose_subjects(args, about)
     files = {s: pair_paths(args.pairs, s) for s in subjects}
     data_hashes = {s: _file_digest(*paths) for s, paths in files.items()}
-    fingerprints = {m: _digest(method_settings(args, about, m)) for m in args.methods}
+    fingerprints = {m: _digest(method_settings(args, about, m) | {"metrics": METRICS_VERSION}) for m in args.methods}
     pairs = {s: (read_image(hf), read_image(lf)) for s, (hf, lf) in files.items()}
     same_grid = all(tuple(h.data.shape) == tuple(low.data.shape) for h, low in pairs.values())
     settings = json.loads(json.dumps({

@@ -117,14 +117,19 @@ def bench(load_benchmark):
     return load_benchmark("ulf")
 
 
-def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, tmp_path):
+@pytest.fixture
+def prior(tmp_path) -> Path:
+    """An untrained tiny conditional 3D v model card, trained (so its card says) on subjA and subjB."""
     config = DenoiserConfig(preset="tiny", spatial_dims=3, complex_input=False, cond_channels=1, cond_dropout=0.1,
                             parameterisation="v", beta_schedule="cosine")
     torch.manual_seed(0)
     data = {"held_out_subjects": ["subjC"], "image_shape": [16, 16, 16],
             "sources": [{"subjects": ["subjA", "subjB"]}]}
-    prior = save_checkpoint(Denoiser(config), tmp_path / "prior", {
+    return save_checkpoint(Denoiser(config), tmp_path / "prior", {
         "intensity_normalisation": {"pair_scale": "condition", "percentile": 99.0}, "training": {"data": data}})
+
+
+def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, prior, tmp_path):
     out = tmp_path / "results"
     argv = ["--pairs", str(ulf_pairs), "--model", str(prior), "--unet", str(unet_card), "--strength", "0.1", "--steps",
             "2", "--samples", "2", "--threads", "1", "--out", str(out), "--work-dir", str(tmp_path / "work"),
@@ -148,6 +153,10 @@ def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, tmp_path)
     assert "| 3D U-Net regression | 1 |" in markdown
     assert "## Targets" in markdown
     assert "![orthogonal slices](ulf.png)" in markdown
+    assert "not evaluated" not in markdown
+    saved["settings"]["models"]["diffusion"]["held_out"] += ["subjD"]  # a validation subject
+    bench.write_markdown(saved, tmp_path / "other.md")
+    assert "held out by the models but not evaluated here: subjD" in (tmp_path / "other.md").read_text()
     assert (out / "ulf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "work" / "subjC_diffusion_std.nii.gz").is_file()
 
@@ -159,3 +168,23 @@ def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, tmp_path)
     assert changed["records"][:2] == saved["records"][:2]
     assert (changed["records"][2]["method"], changed["records"][2]["nfe"], changed["records"][2]["run"]) == (
         "diffusion", 2, 2)
+
+
+def test_sweep_runs_every_setting_and_the_unet_once(load_benchmark, ulf_pairs, unet_card, prior, tmp_path):
+    sweep = load_benchmark("ulf_sweep")
+    out = tmp_path / "results"
+    argv = ["--pairs", str(ulf_pairs), "--model", str(prior), "--unet", str(unet_card), "--strengths", "0.1,0.3",
+            "--budgets", "1x2,2x1", "--guidance", "1", "--threads", "1", "--out", str(out)]
+    report = sweep.main(argv)
+    assert [(r["method"], r["strength"], r["steps"], r["samples"], r["nfe"]) for r in report["records"]] == [
+        ("unet", None, None, None, 1), ("diffusion", 0.1, 1, 2, 1), ("diffusion", 0.1, 2, 1, 2),
+        ("diffusion", 0.3, 1, 2, 1), ("diffusion", 0.3, 2, 1, 2)]
+    assert all(r["subject"] == "subjC" for r in report["records"])
+    assert report["records"][1]["psnr"] != report["records"][3]["psnr"]
+    assert json.loads((out / "ulf_sweep.json").read_text())["records"] == report["records"]
+    markdown = (out / "ulf_sweep.md").read_text()
+    assert "| 3D U-Net regression | - | - |" in markdown
+    assert "| conditional diffusion | 0.3 | 2 x 1 |" in markdown
+    for wrong in (["--strength", "0.5"], ["--steps", "3"], ["--strengths", "0,1"], ["--budgets", "3x0"]):
+        with pytest.raises(SystemExit):
+            sweep.parse_args([*argv[:-2], *wrong])

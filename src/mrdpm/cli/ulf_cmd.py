@@ -193,7 +193,9 @@ def _register_enhance(ulf: argparse._SubParsersAction) -> None:
                    help="diffusion: conditional 3D model card (.json), weights (.safetensors), stem, or shipped "
                         "name; unet: the U-Net's card (RUN_DIR/unet.json)")
     e.add_argument("--strength", type=unit_float, default=0.65,
-                   help="fraction of the diffusion the input is noised through, 0..1 (default 0.65, as MRIQT)")
+                   help="fraction of the diffusion the input is noised through, 0..1 (default 0.65, as MRIQT; "
+                        "with make-pairs' re-synthesised 64 mT contrast, 1 did better: benchmarks/results/"
+                        "ulf_sweep.md)")
     e.add_argument("--steps", type=positive_int, default=20,
                    help="DDIM steps from that noise level to 0 (default 20; at most strength * T)")
     e.add_argument("--samples", type=positive_int, default=4,
