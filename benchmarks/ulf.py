@@ -18,7 +18,7 @@ The methods:
 
 Metrics against the high-field truth (:mod:`mrdpm.eval.metrics`, magnitudes, float64): PSNR (peak: the truth's
 maximum), 3D SSIM (7x7x7 window), MAE (the pairs' intensity units), Pearson correlation and the mean intensity
-bias (% of the truth's mean, :func:`intensity_bias`), inside the high-field
+bias (% of the truth's mean, ``mean_bias``), inside the high-field
 foreground mask (truth above 0.1 x its 99th percentile: the training config's foreground rule; for SSIM the
 windows centred in it) and, as ``*_all``, over the whole volume. NFE: sequential network evaluations (0 for
 ``lf``, 1 for the U-Net); minutes of wall time per volume (the method alone). ``--time-128`` also times the
@@ -60,7 +60,7 @@ from common import csv_list, machine_info, run_script, trained_subjects
 from mrdpm.data.normalise import percentile_factor
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.figures import save_panels
-from mrdpm.eval.metrics import mae, pearson, psnr, ssim
+from mrdpm.eval.metrics import mae, mean_bias, pearson, psnr, ssim
 from mrdpm.eval.regression import load_regression_unet, training_patch
 from mrdpm.io.containers import Volume
 from mrdpm.io.nifti import write_nifti
@@ -194,18 +194,12 @@ def foreground(truth: torch.Tensor) -> torch.Tensor:
     return truth > FOREGROUND_LEVEL * percentile_factor(truth, FOREGROUND_PERCENTILE)
 
 
-def intensity_bias(truth: torch.Tensor, estimate: torch.Tensor, mask: torch.Tensor | None) -> float:
-    """Mean intensity error in % of the truth's mean, ``100 (mean(e) - mean(t)) / mean(t)`` over the mask (or all)."""
-    t, e = (truth.float(), estimate.float()) if mask is None else (truth[mask].float(), estimate[mask].float())
-    return float(100 * (e.mean() - t.mean()) / t.mean())
-
-
 def volume_metrics(truth: torch.Tensor, estimate: torch.Tensor, mask: torch.Tensor) -> dict:
     out = {}
     for suffix, m in (("", mask), ("_all", None)):
         out |= {f"psnr{suffix}": psnr(truth, estimate, m), f"ssim{suffix}": ssim(truth, estimate, m, spatial_dims=3),
                 f"mae{suffix}": mae(truth, estimate, m), f"pearson{suffix}": pearson(truth, estimate, m),
-                f"bias{suffix}": intensity_bias(truth, estimate, m)}
+                f"bias{suffix}": mean_bias(truth, estimate, m)}
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mrdpm.eval.metrics import mae, pearson, ssim
+from mrdpm.eval.metrics import mae, mean_bias, pearson, ssim
 
 
 def _ssim3d_reference(target: np.ndarray, recon: np.ndarray, data_range: float) -> np.ndarray:
@@ -73,6 +73,14 @@ def test_mae_by_hand():
     mask = np.array([[True, False], [True, False]])
     assert mae(target, recon, mask) == pytest.approx((0.5 + 1) / 2)
     assert mae(target * 1j, recon) == pytest.approx(mae(target, recon))  # magnitudes
+
+
+def test_mean_bias_by_hand():
+    target = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    assert mean_bias(target, 1.1 * target) == pytest.approx(10.0)
+    assert mean_bias(target, target - 1, target > 2) == pytest.approx(-20.0)  # mean 5 -> 4 over 3, 5, 7
+    assert mean_bias(target * 1j, 1.1 * target) == pytest.approx(10.0)  # magnitudes
+    assert math.isnan(mean_bias(torch.zeros(2, 2), target))
 
 
 def test_pearson_matches_numpy_corrcoef(volumes):

@@ -11,7 +11,8 @@ Python float for the whole volume, as fastMRI's ``evaluate.py`` does:
   ``spatial_dims=3`` the same on a ``(D, H, W)`` volume with a 7x7x7 window (scikit-image's 3D SSIM);
 - the data range of ``psnr`` and ``ssim`` is the maximum of the target over the whole volume;
 - ``mae = mean(|t - r|)`` (in the images' units) and ``pearson``, the correlation coefficient of target and
-  reconstruction voxel values, over all voxels.
+  reconstruction voxel values, over all voxels; ``mean_bias = 100 (mean(r) - mean(t)) / mean(t)``, the error of
+  the mean intensity in % (a global scale error, which ``pearson`` does not see).
 
 An optional boolean ``mask`` (broadcastable to the images, e.g. ``(H, W)``) restricts every sum and mean, and the
 target maximum, to the pixels where it is True (for ``ssim``: to the window centres inside it).
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["evaluate", "mae", "nmse", "nrmse", "pearson", "psnr", "ssim"]
+__all__ = ["evaluate", "mae", "mean_bias", "nmse", "nrmse", "pearson", "psnr", "ssim"]
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -97,6 +98,16 @@ def mae(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> f
     """Mean absolute error ``mean(|t - r|)`` of magnitudes over the volume (or the mask), in the images' units."""
     t, r, m = _prepare(target, recon, mask)
     return float((_select(t, m) - _select(r, m)).abs().mean())
+
+
+def mean_bias(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
+    """Error of the mean magnitude in % of the target's mean, over the volume (or the mask).
+
+    ``100 (mean(r) - mean(t)) / mean(t)``; NaN when the target's mean is 0.
+    """
+    t, r, m = _prepare(target, recon, mask)
+    t, r = _select(t, m), _select(r, m)
+    return 100 * float(r.mean() - t.mean()) / float(t.mean()) if float(t.mean()) != 0 else math.nan
 
 
 def pearson(target: ArrayLike, recon: ArrayLike, mask: ArrayLike | None = None) -> float:
