@@ -14,7 +14,11 @@ The methods:
   :func:`mrdpm.tasks.ulf.enhance_unet`), windows of its training patch;
 - ``diffusion``: the conditional 3D diffusion model (``--model``, :func:`mrdpm.tasks.ulf.enhance`): SDEdit from
   ``--strength`` with ``--steps`` DDIM steps, ``--samples`` samples averaged, guidance ``--guidance``; the
-  standard deviation of the samples is the uncertainty map.
+  standard deviation of the samples is the uncertainty map;
+- ``refine``: both models in turn: the U-Net's estimate is noised to ``--refine-strength`` and denoised by the
+  diffusion model, conditioned on the low-field input as above (``enhance(..., init=...)``: SDEdit from the
+  regression instead of from the input). The U-Net fixes the coarse intensities; the diffusion model redraws the
+  detail. NFE: 1 + the DDIM steps.
 
 Metrics against the high-field truth (:mod:`mrdpm.eval.metrics`, magnitudes, float64): PSNR (peak: the truth's
 maximum), 3D SSIM (7x7x7 window), MAE (the pairs' intensity units), Pearson correlation and the mean intensity
@@ -22,8 +26,9 @@ bias (% of the truth's mean, ``mean_bias``), inside the high-field
 foreground mask (truth above 0.1 x its 99th percentile: the training config's foreground rule; for SSIM the
 windows centred in it) and, as ``*_all``, over the whole volume. NFE: sequential network evaluations (0 for
 ``lf``, 1 for the U-Net); minutes of wall time per volume (the method alone). ``--time-128`` also times the
-diffusion method on one 128^3 volume (the first subject's low-field volume zero-padded / cropped to 128^3,
-centred) on the CPU with ``--threads`` threads, for the issue's target (<= 10 minutes on 2 cores).
+diffusion methods (``diffusion``, ``refine``) on one 128^3 volume (the first subject's low-field volume
+zero-padded / cropped to 128^3, centred) on the CPU with ``--threads`` threads, for the issue's target (<= 10
+minutes on 2 cores).
 
 Outputs (``--out``, ``--name``): ``<name>.json`` (settings, commands, machine, every record, summary, targets;
 rewritten after each record), ``<name>.md`` (table of mean ± sd over subjects) and ``<name>.png`` (orthogonal
@@ -70,8 +75,10 @@ from mrdpm.tasks.dpm import load_prior
 from mrdpm.tasks.ulf import check_ulf_model, condition_percentile, enhance, enhance_unet, orthogonal_mosaic
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("lf", "unet", "diffusion")
-LABELS = {"lf": "low field (input)", "unet": "3D U-Net regression", "diffusion": "conditional diffusion"}
+METHODS = ("lf", "unet", "diffusion", "refine")
+LABELS = {"lf": "low field (input)", "unet": "3D U-Net regression", "diffusion": "conditional diffusion",
+          "refine": "U-Net, then diffusion from its estimate"}
+DIFFUSION_METHODS = ("diffusion", "refine")  # compared with the U-Net and timed
 METRICS = ("psnr", "ssim", "mae", "pearson", "bias")
 METRICS_VERSION = 2  # 2: with the mean intensity bias; records of older versions are redone on --resume
 FOREGROUND_LEVEL, FOREGROUND_PERCENTILE = 0.1, 99.0
@@ -100,13 +107,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=2.0, help="diffusion: guidance weight (default 2)")
     p.add_argument("--eta", type=float, default=0.0, help="diffusion: DDIM stochasticity (default 0)")
     p.add_argument("--seed", type=int, default=0, help="diffusion: seed of the start noise (default 0)")
+    p.add_argument("--refine-strength", type=float, default=0.5,
+                   help="refine: noising strength of the U-Net estimate (default 0.5); the other diffusion "
+                        "options as for diffusion")
     p.add_argument("--patch", type=_patch, default=None, help="window D,H,W or one size (default: each model's "
                                                                "training patch)")
     p.add_argument("--stride", type=_patch, default=None, help="window step (default half the patch)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per network call (default 8)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--time-128", action="store_true", help="also time the diffusion method on one 128^3 volume")
+    p.add_argument("--time-128", action="store_true", help="also time the diffusion methods on one 128^3 volume")
     p.add_argument("--time-size", type=int, default=128, help="edge of the timed volume (default 128)")
     p.add_argument("--figure-subject", default=None, help="subject of the figure (default the first)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
@@ -139,11 +149,13 @@ def held_out(card: dict) -> list[str]:
 def load_models(args: argparse.Namespace) -> tuple[dict, dict]:
     """The models of the chosen methods and what the report says of them (card, sha256, percentile, patch)."""
     models, about = {}, {}
+    needed = set(args.methods) | ({"diffusion", "unet"} if "refine" in args.methods else set())
     for method, path in (("diffusion", args.model), ("unet", args.unet)):
-        if method not in args.methods:
+        if method not in needed:
             continue
         if path is None:
-            raise MrdpmError(f"method {method} needs --{'model' if method == 'diffusion' else 'unet'}")
+            raise MrdpmError(f"method {method}{' (and refine)' if 'refine' in args.methods else ''} needs "
+                             f"--{'model' if method == 'diffusion' else 'unet'}")
         if method == "unet":
             card_path = checkpoint_paths(path)[0]
             model, card = load_regression_unet(card_path, args.device, spatial_dims=3, channels=1, what="ULF U-Net")
@@ -207,6 +219,9 @@ def method_settings(args: argparse.Namespace, about: dict, method: str) -> dict:
     """What changes a method's result: its model and options (the fingerprint's input)."""
     if method == "lf":
         return {"method": "lf"}
+    if method == "refine":
+        diffusion = method_settings(args, about, "diffusion") | {"strength": args.refine_strength}
+        return {"method": "refine", "unet": method_settings(args, about, "unet"), "diffusion": diffusion}
     settings = {"method": method, "sha256": about[method]["sha256"], "percentile": about[method]["percentile"],
                 "patch": args.patch or about[method]["patch"], "stride": args.stride}
     if method == "diffusion":
@@ -220,14 +235,22 @@ def run_method(args: argparse.Namespace, method: str, lf: Volume, models: dict, 
     if method == "lf":
         return lf.data.float(), None, 0, 0.0
     settings = method_settings(args, about, method)
-    common = {"patch": settings["patch"], "stride": args.stride, "batch_size": args.batch_size,
-              "percentile": settings["percentile"]}
     if method == "unet":
-        result = enhance_unet(lf, models["unet"], **common)
+        result = enhance_unet(lf, models["unet"], **_window_options(args, settings))
         return result.mean.data, None, result.nfe, result.seconds
-    result = enhance(lf, models["diffusion"], strength=args.strength, steps=args.steps, samples=args.samples,
-                     guidance=args.guidance, eta=args.eta, seed=args.seed, **common)
-    return result.mean.data, result.std.data, result.nfe, result.seconds
+    init, nfe, seconds = None, 0, 0.0
+    if method == "refine":
+        first = enhance_unet(lf, models["unet"], **_window_options(args, settings["unet"]))
+        init, nfe, seconds, settings = first.mean, first.nfe, first.seconds, settings["diffusion"]
+    result = enhance(lf, models["diffusion"], strength=settings["strength"], steps=args.steps, samples=args.samples,
+                     guidance=args.guidance, eta=args.eta, seed=args.seed, init=init,
+                     **_window_options(args, settings))
+    return result.mean.data, result.std.data, nfe + result.nfe, seconds + result.seconds
+
+
+def _window_options(args: argparse.Namespace, settings: dict) -> dict:
+    return {"patch": settings["patch"], "stride": args.stride, "batch_size": args.batch_size,
+            "percentile": settings["percentile"]}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -246,18 +269,22 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def targets(records: list[dict], timing: dict | None) -> dict:
-    """The issue's targets: diffusion vs U-Net on the subjects both ran on (foreground metrics), the 128^3 timing."""
-    by = {m: {r["subject"]: r for r in records if r["method"] == m} for m in ("unet", "diffusion")}
-    common = sorted(set(by["unet"]) & set(by["diffusion"]))
-    out: dict = {"timing_128": None if timing is None else {
-        "minutes": timing["minutes"], "target_minutes": TIME_TARGET_MINUTES,
-        "met": timing["minutes"] <= TIME_TARGET_MINUTES}}
-    if common:
-        psnr_u, psnr_d = (float(np.mean([by[m][s]["psnr"] for s in common])) for m in ("unet", "diffusion"))
-        ssim_u, ssim_d = (float(np.mean([by[m][s]["ssim"] for s in common])) for m in ("unet", "diffusion"))
+def targets(records: list[dict], timings: dict) -> dict:
+    """The issue's targets for each diffusion method: beating the U-Net, and its 128^3 timing.
+
+    The comparison uses the foreground metrics of the subjects both methods ran on.
+    """
+    by = {m: {r["subject"]: r for r in records if r["method"] == m} for m in ("unet", *DIFFUSION_METHODS)}
+    out: dict = {f"timing_128_{m}": {"minutes": t["minutes"], "target_minutes": TIME_TARGET_MINUTES,
+                                     "met": t["minutes"] <= TIME_TARGET_MINUTES} for m, t in timings.items()}
+    for method in DIFFUSION_METHODS:
+        common = sorted(set(by["unet"]) & set(by[method]))
+        if not common:
+            continue
+        psnr_u, psnr_d = (float(np.mean([by[m][s]["psnr"] for s in common])) for m in ("unet", method))
+        ssim_u, ssim_d = (float(np.mean([by[m][s]["ssim"] for s in common])) for m in ("unet", method))
         gain = 100.0 * (psnr_d - psnr_u) / psnr_u
-        out["diffusion_vs_unet"] = {
+        out[f"{method}_vs_unet"] = {
             "subjects": common, "psnr_unet": psnr_u, "psnr_diffusion": psnr_d, "psnr_gain_percent": gain,
             "psnr_target_percent": PSNR_TARGET_PERCENT, "ssim_unet": ssim_u, "ssim_diffusion": ssim_d,
             "ssim_difference": ssim_d - ssim_u,
@@ -290,8 +317,10 @@ def write_markdown(report: dict, path: Path) -> None:
         lines.append(f"- {LABELS[method]}: `{info['card']}` (sha256 {info['sha256'][:12]}){summary}")
     if "diffusion" in s["models"]:
         d = s["diffusion"]
+        refine = (f"; refine: the U-Net's estimate noised to strength {d['refine_strength']}, the rest as for "
+                  "diffusion" if "refine" in s["methods"] else "")
         lines.append(f"- diffusion settings: strength {d['strength']}, {d['steps']} DDIM steps, {d['samples']} "
-                     f"samples, guidance {d['guidance']}, eta {d['eta']}, seed {d['seed']}")
+                     f"samples, guidance {d['guidance']}, eta {d['eta']}, seed {d['seed']}{refine}")
     lines += ["", "| method | NFE | PSNR dB | SSIM | MAE | Pearson | mean bias % | PSNR dB (whole) | SSIM (whole) | "
               "MAE (whole) | Pearson (whole) | min / volume | volumes |", "| --- " * 13 + "|"]
     digits = {"psnr": 2, "ssim": 4, "mae": 2, "pearson": 4, "bias": 1}
@@ -300,31 +329,33 @@ def write_markdown(report: dict, path: Path) -> None:
         cells += [f"{row[m + '_all']:.{n}f}" for m, n in digits.items() if m != "bias"]
         lines.append(f"| {LABELS[row['method']]} | {row['nfe']} | " + " | ".join(cells)
                      + f" | {row['minutes']:.2f} | {row['volumes']} |")
-    lines += _target_lines(report["targets"], report.get("timing_128"))
+    lines += _target_lines(report["targets"], report.get("timings_128", {}))
     if report.get("figure"):
         lines += ["", f"![orthogonal slices]({report['figure']})"]
     path.write_text("\n".join(lines) + "\n")
 
 
-def _target_lines(found: dict, timing: dict | None) -> list[str]:
+def _target_lines(found: dict, timings: dict) -> list[str]:
     lines = ["", "## Targets", ""]
-    versus = found.get("diffusion_vs_unet")
-    if versus:
-        lines.append(f"- diffusion vs U-Net on {len(versus['subjects'])} volume(s): PSNR "
-                     f"{versus['psnr_diffusion']:.2f} vs {versus['psnr_unet']:.2f} dB "
-                     f"({versus['psnr_gain_percent']:+.2f}%, target >= +{PSNR_TARGET_PERCENT}%), SSIM "
-                     f"{versus['ssim_diffusion']:.4f} vs {versus['ssim_unet']:.4f}: "
-                     f"{'met' if versus['met'] else 'not met'}")
-    if timing:
-        lines.append(f"- diffusion on one {timing['size']}^3 volume ({timing['subject']} padded / cropped), "
-                     f"{timing['threads']} CPU threads: {timing['minutes']:.2f} min, NFE {timing['nfe']} (target <= "
-                     f"{TIME_TARGET_MINUTES:g} min: {'met' if found['timing_128']['met'] else 'not met'})")
+    for method in DIFFUSION_METHODS:
+        versus, timing = found.get(f"{method}_vs_unet"), timings.get(method)
+        if versus:
+            lines.append(f"- {LABELS[method]} vs U-Net on {len(versus['subjects'])} volume(s): PSNR "
+                         f"{versus['psnr_diffusion']:.2f} vs {versus['psnr_unet']:.2f} dB "
+                         f"({versus['psnr_gain_percent']:+.2f}%, target >= +{PSNR_TARGET_PERCENT}%), SSIM "
+                         f"{versus['ssim_diffusion']:.4f} vs {versus['ssim_unet']:.4f}: "
+                         f"{'met' if versus['met'] else 'not met'}")
+        if timing:
+            lines.append(f"- {LABELS[method]} on one {timing['size']}^3 volume ({timing['subject']} padded / "
+                         f"cropped), {timing['threads']} CPU threads: {timing['minutes']:.2f} min, NFE "
+                         f"{timing['nfe']} (target <= {TIME_TARGET_MINUTES:g} min: "
+                         f"{'met' if found[f'timing_128_{method}']['met'] else 'not met'})")
     return lines if len(lines) > 3 else []
 
 
 def save_report(report: dict, args: argparse.Namespace) -> None:
     report["summary"] = summarise(report["records"])
-    report["targets"] = targets(report["records"], report.get("timing_128"))
+    report["targets"] = targets(report["records"], report.get("timings_128", {}))
     tmp = args.out / f"{args.name}.json.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, args.out / f"{args.name}.json")
@@ -346,6 +377,7 @@ def start_report(args: argparse.Namespace, settings: dict, command: str, fingerp
                   "data", flush=True)
         models = report["settings"].get("models", {}) | settings["models"]
         report["records"], report["settings"] = kept, settings | {"models": models}
+        report.pop("timing_128", None)  # the single timing of reports before "timings_128" (per method)
     report["runs"].append({"index": len(report["runs"]), "command": command, "machine": machine_info(args.device),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return report
@@ -363,7 +395,8 @@ def draw_figure(args: argparse.Namespace, report: dict, subject: str, truth: Vol
     """Orthogonal slices of the methods' kept volumes for ``subject``; the figure's file name."""
     shape = tuple(truth.data.shape)
     records = {r["method"]: r for r in report["records"] if r["subject"] == subject}
-    files = {"U-Net": ("unet", ""), "diffusion mean": ("diffusion", ""), "diffusion std": ("diffusion", "_std")}
+    files = {"U-Net": ("unet", ""), "diffusion mean": ("diffusion", ""), "diffusion std": ("diffusion", "_std"),
+             "U-Net + diffusion": ("refine", "")}
     panels = {"low field": orthogonal_mosaic(on_grid(lf.data, shape))}
     titles = {}
     for label, (method, suffix) in files.items():
@@ -371,31 +404,29 @@ def draw_figure(args: argparse.Namespace, report: dict, subject: str, truth: Vol
         if method in records and path.is_file():
             panels[label] = orthogonal_mosaic(on_grid(read_image(path).data, shape))
     panels["high field (truth)"] = orthogonal_mosaic(truth.data.float())
-    for label, method in (("low field", "lf"), ("U-Net", "unet"), ("diffusion mean", "diffusion")):
+    shown = (("low field", "lf"), ("U-Net", "unet"), ("diffusion mean", "diffusion"), ("U-Net + diffusion", "refine"))
+    for label, method in shown:
         if label in panels and method in records:
             titles[label] = f"PSNR {records[method]['psnr']:.2f} dB, SSIM {records[method]['ssim']:.3f}"
     name = f"{args.name}.png"
     save_panels(args.out / name, panels, reference=panels["high field (truth)"],
-                error_of=tuple(k for k in ("low field", "U-Net", "diffusion mean") if k in panels), titles=titles)
+                error_of=tuple(label for label, _ in shown if label in panels), titles=titles)
     return name
 
 
-def time_volume(args: argparse.Namespace, models: dict, about: dict, subject: str, lf: Volume) -> dict:
-    """Diffusion on the low-field volume zero-padded / cropped (centred) to ``time_size^3``, on the CPU."""
+def time_volume(args: argparse.Namespace, method: str, models: dict, about: dict, subject: str, lf: Volume) -> dict:
+    """``method`` on the low-field volume zero-padded / cropped (centred) to ``time_size^3``, on the CPU."""
     size = args.time_size
     pads = []
     for n in reversed(lf.data.shape):
         before = (size - n) // 2
         pads += [before, size - n - before]
     volume = Volume(F.pad(lf.data.float(), pads), np.asarray(lf.affine))
-    model = models["diffusion"] if args.device == "cpu" else copy.deepcopy(models["diffusion"]).cpu()
-    settings = method_settings(args, about, "diffusion")
-    result = enhance(volume, model, strength=args.strength, steps=args.steps, samples=args.samples,
-                     guidance=args.guidance, eta=args.eta, seed=args.seed, patch=settings["patch"],
-                     stride=args.stride, batch_size=args.batch_size, percentile=settings["percentile"])
-    return {"size": size, "subject": subject, "seconds": result.seconds, "minutes": result.seconds / 60,
-            "nfe": result.nfe, "threads": torch.get_num_threads(), "settings": settings,
-            "fingerprint": _digest(settings)}
+    on_cpu = models if args.device == "cpu" else {k: copy.deepcopy(m).cpu() for k, m in models.items()}
+    _, _, nfe, seconds = run_method(args, method, volume, on_cpu, about)
+    settings = method_settings(args, about, method)
+    return {"size": size, "subject": subject, "seconds": seconds, "minutes": seconds / 60, "nfe": nfe,
+            "threads": torch.get_num_threads(), "settings": settings, "fingerprint": _digest(settings)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -415,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs": str(args.pairs), "subjects": subjects, "methods": args.methods, "models": about,
         "lf_grid": "on the high-field grid already (same shape), used as it is" if same_grid else
                    "resampled trilinearly onto the high-field array where shapes differ",
-        "diffusion": {k: getattr(args, k) for k in ("strength", "steps", "samples", "guidance", "eta", "seed")},
+        "diffusion": {k: getattr(args, k) for k in ("strength", "refine_strength", "steps", "samples", "guidance",
+                                                    "eta", "seed")},
         "patch": args.patch, "stride": args.stride, "batch_size": args.batch_size,
         "foreground": f"truth > {FOREGROUND_LEVEL} x its {FOREGROUND_PERCENTILE:g}th percentile"}))
     report = start_report(args, settings, command, fingerprints, data_hashes)
@@ -432,11 +464,13 @@ def main(argv: list[str] | None = None) -> dict:
             save_report(report, args)
             print(f"{subject} {method}: PSNR {record['psnr']:.2f} dB, SSIM {record['ssim']:.4f}, "
                   f"{record['minutes']:.2f} min", flush=True)
-    if args.time_128 and "diffusion" in models:
-        old = report.get("timing_128")
-        if not (args.resume and old and old["fingerprint"] == _digest(method_settings(args, about, "diffusion"))
+    timings = report.setdefault("timings_128", {})
+    for method in [m for m in DIFFUSION_METHODS if m in args.methods and args.time_128]:
+        old = timings.get(method)
+        if not (args.resume and old and old["fingerprint"] == _digest(method_settings(args, about, method))
                 and old["size"] == args.time_size):
-            report["timing_128"] = time_volume(args, models, about, subjects[0], pairs[subjects[0]][1])
+            timings[method] = time_volume(args, method, models, about, subjects[0], pairs[subjects[0]][1])
+            save_report(report, args)
     figure_subject = args.figure_subject or subjects[0]
     if figure_subject in pairs:
         report["figure"] = draw_figure(args, report, figure_subject, *pairs[figure_subject])

@@ -205,18 +205,44 @@ def test_strength_zero_returns_the_input(model):
     assert float(result.std.data.abs().max()) == 0.0
 
 
+def _plain_samples(model, lf: Volume, start: Volume, factor: float, strength: float, seed: int) -> torch.Tensor:
+    """Two samples of DDIM in 2 steps from ``start`` noised to ``strength``, conditioned on ``lf``, by hand."""
+    x_lf = lf.data / factor
+    sigmas = strength_sigmas(model.sigma_grid, strength, 2)
+    windows = PatchDenoiser(model, 16, 8)
+    cond = x_lf.expand(2, 1, *x_lf.shape)
+    plain = sample_ddim(lambda x, sigma: windows(x, sigma, cond=cond),
+                        noised_start(start.data / factor, sigmas[0].item(), 2, torch.Generator().manual_seed(seed)),
+                        sigmas)
+    return plain.x[:, 0] * factor
+
+
 def test_guidance_one_is_the_plain_conditional_sampler(model):
     lf = _lf_volume()
     result = enhance(lf, model, strength=0.2, steps=2, samples=2, guidance=1.0, patch=16, stride=8, seed=4)
     assert result.nfe == 2
-    factor = result.info["intensity_factor"]
-    x_lf = lf.data / factor
-    sigmas = strength_sigmas(model.sigma_grid, 0.2, 2)
-    windows = PatchDenoiser(model, 16, 8)
-    cond = x_lf.expand(2, 1, *x_lf.shape)
-    plain = sample_ddim(lambda x, sigma: windows(x, sigma, cond=cond),
-                        noised_start(x_lf, sigmas[0].item(), 2, torch.Generator().manual_seed(4)), sigmas)
-    torch.testing.assert_close(result.samples, plain.x[:, 0] * factor, rtol=1e-5, atol=1e-4)
+    expected = _plain_samples(model, lf, lf, result.info["intensity_factor"], 0.2, seed=4)
+    torch.testing.assert_close(result.samples, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_init_replaces_the_start_but_not_the_condition(model):
+    lf = _lf_volume()
+    options = {"strength": 0.3, "steps": 2, "samples": 2, "guidance": 1.0, "patch": 16, "stride": 8, "seed": 3}
+    plain = enhance(lf, model, **options)
+    torch.testing.assert_close(enhance(lf, model, init=lf, **options).samples, plain.samples, rtol=0, atol=0)
+    start = Volume(2 * lf.data + 1, OBLIQUE)
+    result = enhance(lf, model, init=start, **options)
+    assert result.info["init"] == "given"
+    assert plain.info["init"] == "lf"
+    expected = _plain_samples(model, lf, start, result.info["intensity_factor"], 0.3, seed=3)
+    torch.testing.assert_close(result.samples, expected, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(result.samples, plain.samples)
+    with pytest.raises(ValueError, match="low-field volume's shape"):
+        enhance(lf, model, init=Volume(lf.data[1:], OBLIQUE), **options)
+    shifted = OBLIQUE.copy()
+    shifted[0, 3] += 1.0
+    with pytest.raises(ValueError, match="affines differ"):
+        enhance(lf, model, init=Volume(lf.data, shifted), **options)
 
 
 def test_enhance_rejects_unsuited_models_and_options(model):
@@ -284,6 +310,13 @@ def test_cli_make_pairs_train_and_enhance(heads, tmp_path, capsys):
     assert mean.data.shape == lf.data.shape
     assert float(std.data.max()) > 0
     assert (tmp_path / "out" / "subjB_enhanced.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # SDEdit from another start volume (here the truth, as a regression estimate would be): a different mean
+    refined = tmp_path / "out" / "subjB_refined.nii.gz"
+    assert main(["ulf", "enhance", str(lf_path), "-o", str(refined), "--model", str(run / "model.json"),
+                 "--strength", "0.1", "--steps", "2", "--samples", "2", "--guidance", "2", "--seed", "1",
+                 "--init", str(pairs / "subjB_hf.nii.gz")]) == 0
+    assert json.loads(capsys.readouterr().out)["init"] == "given"
+    assert not torch.allclose(read_image(refined).data, mean.data)
 
 
 def test_cli_errors_name_the_file(heads, tmp_path, capsys, model):
@@ -309,3 +342,12 @@ def test_cli_errors_name_the_file(heads, tmp_path, capsys, model):
     err = capsys.readouterr().err
     assert "steps must be in [1, 2]" in err
     assert "paired.json" in err
+    small = _save(tmp_path / "small.nii.gz", np.ones((12, 12, 10)))
+    assert main(["ulf", "enhance", str(lf), "-o", str(tmp_path / "x.nii.gz"), "--model", str(paired),
+                 "--init", str(small)]) == 2
+    err = capsys.readouterr().err
+    assert "small.nii.gz" in err
+    assert "low-field volume's shape" in err
+    assert main(["ulf", "enhance", str(lf), "-o", str(tmp_path / "x.nii.gz"), "--model", str(paired),
+                 "--method", "unet", "--init", str(lf)]) == 2
+    assert "--init is an option of the diffusion method" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mrdpm.cli.main import main
+from mrdpm.errors import MrdpmError
 from mrdpm.eval.regression import PRESETS, RegressionUNet, load_regression_unet
 from mrdpm.io import read_image
 from mrdpm.io.containers import Volume
@@ -132,26 +133,32 @@ def prior(tmp_path) -> Path:
 def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, prior, tmp_path):
     out = tmp_path / "results"
     argv = ["--pairs", str(ulf_pairs), "--model", str(prior), "--unet", str(unet_card), "--strength", "0.1", "--steps",
-            "2", "--samples", "2", "--threads", "1", "--out", str(out), "--work-dir", str(tmp_path / "work"),
-            "--time-128", "--time-size", "24"]
+            "2", "--samples", "2", "--refine-strength", "0.2", "--threads", "1", "--out", str(out), "--work-dir",
+            str(tmp_path / "work"), "--time-128", "--time-size", "24"]
     report = bench.main(argv)
     saved = json.loads((out / "ulf.json").read_text())
     assert saved["records"] == report["records"]
     assert [(r["subject"], r["method"]) for r in saved["records"]] == [("subjC", m) for m in ("lf", "unet",
-                                                                                               "diffusion")]
+                                                                                               "diffusion", "refine")]
     for record in saved["records"]:
         for metric in ("psnr", "ssim", "mae", "pearson", "bias", "psnr_all", "ssim_all", "mae_all", "pearson_all",
                        "bias_all"):
             assert math.isfinite(record[metric]), (record["method"], metric)
         assert -1 <= record["ssim"] <= 1
-    assert [r["nfe"] for r in saved["records"]] == [0, 1, 4]  # 2 steps x 2 (guided)
-    assert saved["timing_128"]["size"] == 24
-    assert saved["timing_128"]["nfe"] == 4
+    assert [r["nfe"] for r in saved["records"]] == [0, 1, 4, 5]  # 2 steps x 2 (guided); refine: + the U-Net
+    # refine starts from the U-Net's estimate, at its own strength: a result of its own, not the diffusion's
+    assert saved["records"][3]["psnr"] != saved["records"][2]["psnr"]
+    assert {m: (t["size"], t["nfe"]) for m, t in saved["timings_128"].items()} == {"diffusion": (24, 4),
+                                                                                  "refine": (24, 5)}
     assert saved["runs"][0]["command"].startswith("python benchmarks/ulf.py --pairs")
     assert saved["settings"]["lf_grid"].startswith("on the high-field grid already")
-    assert set(saved["targets"]["diffusion_vs_unet"]) >= {"psnr_gain_percent", "ssim_difference", "met"}
+    for method in ("diffusion", "refine"):
+        assert set(saved["targets"][f"{method}_vs_unet"]) >= {"psnr_gain_percent", "ssim_difference", "met"}
+        assert set(saved["targets"][f"timing_128_{method}"]) == {"minutes", "target_minutes", "met"}
     markdown = (out / "ulf.md").read_text()
     assert "| 3D U-Net regression | 1 |" in markdown
+    assert "| U-Net, then diffusion from its estimate | 5 |" in markdown
+    assert "refine: the U-Net's estimate noised to strength 0.2" in markdown
     assert "## Targets" in markdown
     assert "![orthogonal slices](ulf.png)" in markdown
     assert "not evaluated" not in markdown
@@ -167,25 +174,36 @@ def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, prior, tm
     assert len(resumed["runs"]) == 2
     changed = bench.main([*argv, "--resume", "--steps", "1"])
     assert changed["records"][:2] == saved["records"][:2]
-    assert (changed["records"][2]["method"], changed["records"][2]["nfe"], changed["records"][2]["run"]) == (
-        "diffusion", 2, 2)
+    assert [(r["method"], r["nfe"], r["run"]) for r in changed["records"][2:]] == [("diffusion", 2, 2),
+                                                                                  ("refine", 3, 2)]
+    assert changed["timings_128"]["refine"]["nfe"] == 3
+    only_refine = bench.main([*argv, "--resume", "--steps", "1", "--refine-strength", "0.3"])
+    assert only_refine["records"][:3] == changed["records"][:3]
+    assert only_refine["records"][3]["run"] == 3
+    with pytest.raises(MrdpmError, match="diffusion \\(and refine\\) needs --model"):
+        bench.main(["--pairs", str(ulf_pairs), "--unet", str(unet_card), "--methods", "refine", "--out", str(out)])
 
 
 def test_sweep_runs_every_setting_and_the_unet_once(load_benchmark, ulf_pairs, unet_card, prior, tmp_path):
     sweep = load_benchmark("ulf_sweep")
     out = tmp_path / "results"
     argv = ["--pairs", str(ulf_pairs), "--model", str(prior), "--unet", str(unet_card), "--strengths", "0.1,0.3",
-            "--budgets", "1x2,2x1", "--guidance", "1", "--threads", "1", "--out", str(out)]
+            "--refine-strengths", "0.2", "--budgets", "1x2,2x1", "--guidance", "1", "--threads", "1", "--out",
+            str(out)]
     report = sweep.main(argv)
     assert [(r["method"], r["strength"], r["steps"], r["samples"], r["nfe"]) for r in report["records"]] == [
         ("unet", None, None, None, 1), ("diffusion", 0.1, 1, 2, 1), ("diffusion", 0.1, 2, 1, 2),
-        ("diffusion", 0.3, 1, 2, 1), ("diffusion", 0.3, 2, 1, 2)]
+        ("diffusion", 0.3, 1, 2, 1), ("diffusion", 0.3, 2, 1, 2), ("refine", 0.2, 1, 2, 2), ("refine", 0.2, 2, 1, 3)]
     assert all(r["subject"] == "subjC" for r in report["records"])
     assert report["records"][1]["psnr"] != report["records"][3]["psnr"]
     assert json.loads((out / "ulf_sweep.json").read_text())["records"] == report["records"]
     markdown = (out / "ulf_sweep.md").read_text()
     assert "| 3D U-Net regression | - | - |" in markdown
     assert "| conditional diffusion | 0.3 | 2 x 1 |" in markdown
-    for wrong in (["--strength", "0.5"], ["--steps", "3"], ["--strengths", "0,1"], ["--budgets", "3x0"]):
+    assert "| U-Net, then diffusion from its estimate | 0.2 | 2 x 1 |" in markdown
+    for wrong in (["--strength", "0.5"], ["--refine-strength", "0.5"], ["--steps", "3"], ["--strengths", "0,1"],
+                  ["--refine-strengths", "2"], ["--budgets", "3x0"]):
         with pytest.raises(SystemExit):
             sweep.parse_args([*argv[:-2], *wrong])
+    with pytest.raises(SystemExit):  # refine needs the U-Net
+        sweep.parse_args([a for a in argv[:-2] if a not in ("--unet", str(unet_card))])

@@ -31,7 +31,7 @@ from mrdpm.physics.lowfield import (
 )
 from mrdpm.physics.relaxation import LABEL_SETS
 from mrdpm.tasks.dpm import load_prior
-from mrdpm.tasks.ulf import UlfResult, condition_percentile, enhance, enhance_unet, orthogonal_mosaic
+from mrdpm.tasks.ulf import UlfResult, check_init, condition_percentile, enhance, enhance_unet, orthogonal_mosaic
 from mrdpm.train.config import load_config
 
 
@@ -212,6 +212,10 @@ def _register_enhance(ulf: argparse._SubParsersAction) -> None:
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the model runs (default auto: CUDA when available)")
     e.add_argument("--seed", type=int, default=0, help="seed of the start noise (default 0)")
+    e.add_argument("--init", default=None,
+                   help="diffusion: noise this volume to --strength instead of the low-field input (SDEdit's "
+                        "start; the condition stays the input), e.g. the output of --method unet; on the input's "
+                        "grid and in its intensity units")
     e.add_argument("--progress", action="store_true", help="show a progress bar over the steps")
     e.set_defaults(func=run_enhance)
 
@@ -324,9 +328,24 @@ def run_train_unet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start(args: argparse.Namespace, volume: Volume) -> Volume | None:
+    """The ``--init`` volume, checked against the low-field one (None without ``--init``)."""
+    if args.init is None:
+        return None
+    init = _magnitude(args.init)
+    try:
+        check_init(init, volume)
+    except ValueError as err:
+        raise MrdpmError(str(err), path=args.init) from err
+    return init
+
+
 def _enhance_with(args: argparse.Namespace, volume: Volume, device: str) -> tuple[UlfResult, dict, Path]:
     """Run ``--method`` on the volume: the result, the model's card and its path."""
     if args.method == "unet":
+        if args.init is not None:
+            raise MrdpmError("--init is an option of the diffusion method (the U-Net has no start volume)",
+                             path=args.init)
         card_path, _ = checkpoint_paths(args.model)
         model, card = load_regression_unet(card_path, device, spatial_dims=3, channels=1, what="ULF U-Net")
         method = partial(enhance_unet, model=model)
@@ -334,7 +353,8 @@ def _enhance_with(args: argparse.Namespace, volume: Volume, device: str) -> tupl
         card_path = resolve_model(args.model)
         model, card = load_prior(str(card_path), device)
         method = partial(enhance, denoiser=model, strength=args.strength, steps=args.steps, samples=args.samples,
-                         guidance=args.guidance, eta=args.eta, seed=args.seed, progress=args.progress)
+                         guidance=args.guidance, eta=args.eta, seed=args.seed, init=_start(args, volume),
+                         progress=args.progress)
     percentile = condition_percentile(card, card_path)
     try:
         result = method(volume, patch=args.patch or training_patch(card), stride=args.stride,

@@ -10,7 +10,9 @@ inference (Meng et al. 2022; MRIQT, arXiv 2511.13232):
    MRIQT: strength 0.65, ``T = 1000`` -> ``t0 = 649``). In the DDPM variable this is
    ``x_t0 = sqrt(abar) x_lf + sqrt(1 - abar) eps``; the samplers work in the VE variable
    ``x = x_t0 / sqrt(abar) = x_lf + sigma_t0 eps`` with ``sigma_t0 = sqrt((1 - abar) / abar)``
-   (:mod:`mrdpm.models.precond`), which is what :func:`noised_start` returns.
+   (:mod:`mrdpm.models.precond`), which is what :func:`noised_start` returns. With ``init`` another volume on the
+   ULF grid is noised instead, e.g. the regression U-Net's estimate (SDEdit from it: the U-Net sets the coarse
+   intensities, the diffusion model redraws the detail); the condition stays the ULF volume.
 3. DDIM (:func:`mrdpm.diffusion.samplers.sample_ddim`) from ``sigma_t0`` to 0 over ``steps`` of the model's own
    levels at or below ``t0`` (:func:`strength_sigmas`), the denoiser applied in overlapping 3D windows
    (:class:`mrdpm.diffusion.patches.PatchDenoiser`) with the ULF volume as condition and classifier-free guidance
@@ -44,8 +46,8 @@ from mrdpm.eval.regression import RegressionUNet, apply_regression_unet
 from mrdpm.io.containers import Volume
 from mrdpm.models.precond import Denoiser
 
-__all__ = ["UlfResult", "check_ulf_model", "check_ulf_unet", "condition_percentile", "enhance", "enhance_unet",
-           "noised_start", "orthogonal_mosaic", "start_timestep", "strength_sigmas"]
+__all__ = ["UlfResult", "check_init", "check_ulf_model", "check_ulf_unet", "condition_percentile", "enhance",
+           "enhance_unet", "noised_start", "orthogonal_mosaic", "start_timestep", "strength_sigmas"]
 
 
 @dataclass
@@ -174,7 +176,7 @@ def noised_start(x: torch.Tensor, sigma: float, samples: int, generator: torch.G
 def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: int = 20, samples: int = 4,
             guidance: float = 2.0, patch: int | Sequence[int] | None = None,
             stride: int | Sequence[int] | None = None, batch_size: int = 8, percentile: float = 99.0,
-            eta: float = 0.0, seed: int = 0, progress: bool = False) -> UlfResult:
+            eta: float = 0.0, seed: int = 0, init: Volume | None = None, progress: bool = False) -> UlfResult:
     """Estimate the high-field volume from a ULF one, with a voxel-wise uncertainty (module docstring).
 
     Parameters
@@ -205,6 +207,10 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
         DDIM stochasticity in ``[0, 1]`` (0: deterministic given the start noise).
     seed
         Seeds the start noise (and the DDIM noise for ``eta > 0``).
+    init
+        The volume that is noised to ``strength`` and denoised (SDEdit's start), on ``lf``'s grid and in its
+        intensity units, for example a regression estimate of the high-field volume; None: ``lf`` itself. The
+        network's condition is ``lf`` either way.
     progress
         Show a progress bar over the steps.
 
@@ -221,12 +227,15 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
     x_lf, factor = _normalised_lf(lf, percentile)
     device = next(denoiser.parameters()).device
     x_lf = x_lf.to(device)
+    if init is not None:
+        check_init(init, lf)
+    x_init = x_lf if init is None else (init.data.float() / factor).to(device)
     patch = tuple(x_lf.shape) if patch is None else patch
     t0 = start_timestep(strength, denoiser.sigma_grid.numel())
     generator = torch.Generator(device).manual_seed(seed)
     info = {"strength": strength, "start_timestep": t0, "steps": steps, "samples": samples, "guidance": guidance,
             "patch": list(patch) if not isinstance(patch, int) else [patch] * 3, "eta": eta, "seed": seed,
-            "percentile": percentile, "intensity_factor": factor}
+            "percentile": percentile, "intensity_factor": factor, "init": "lf" if init is None else "given"}
     began = time.perf_counter()
     if t0 < 0:
         out, nfe = x_lf.expand(samples, 1, *x_lf.shape), 0
@@ -239,7 +248,7 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
         was_training = denoiser.training
         denoiser.eval()
         try:
-            result = sample_ddim(guided, noised_start(x_lf, float(sigmas[0]), samples, generator), sigmas, eta=eta,
+            result = sample_ddim(guided, noised_start(x_init, float(sigmas[0]), samples, generator), sigmas, eta=eta,
                                  generator=generator, progress=progress)
         finally:
             denoiser.train(was_training)
@@ -257,6 +266,15 @@ def _normalised_lf(lf: Volume, percentile: float) -> tuple[torch.Tensor, float]:
     if factor <= 0:
         raise ValueError("the low-field volume is all zeros at the normalisation percentile")
     return data.float() / factor, factor
+
+
+def check_init(init: Volume, lf: Volume) -> None:
+    """Raise ValueError unless ``init`` is a real volume on ``lf``'s grid (shape, and affine to 1e-3 mm)."""
+    if tuple(init.data.shape) != tuple(lf.data.shape) or init.data.is_complex():
+        raise ValueError(f"the start volume must be real and of the low-field volume's shape "
+                         f"{tuple(lf.data.shape)}, got {init.data.dtype} {tuple(init.data.shape)}")
+    if not np.allclose(init.affine, lf.affine, atol=1e-3):
+        raise ValueError("the start volume is not on the low-field volume's grid (their affines differ)")
 
 
 def _result(stack: torch.Tensor, lf: Volume, nfe: int, seconds: float, info: dict) -> UlfResult:
