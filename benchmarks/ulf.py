@@ -107,9 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=2.0, help="diffusion: guidance weight (default 2)")
     p.add_argument("--eta", type=float, default=0.0, help="diffusion: DDIM stochasticity (default 0)")
     p.add_argument("--seed", type=int, default=0, help="diffusion: seed of the start noise (default 0)")
-    p.add_argument("--refine-strength", type=float, default=0.5,
-                   help="refine: noising strength of the U-Net estimate (default 0.5); the other diffusion "
-                        "options as for diffusion")
+    p.add_argument("--refine-strength", type=float, default=0.65,
+                   help="refine: noising strength of the U-Net estimate (default 0.65, the best on the validation "
+                        "volume: results/ulf_sweep.md); the other diffusion options as for diffusion")
     p.add_argument("--patch", type=_patch, default=None, help="window D,H,W or one size (default: each model's "
                                                                "training patch)")
     p.add_argument("--stride", type=_patch, default=None, help="window step (default half the patch)")

@@ -17,8 +17,8 @@ setting; the U-Net's row for reference).
 
 Run (from the repository root):
 
-    python benchmarks/ulf_sweep.py --subjects template-36 --strengths 0.65,0.8,1 --budgets 10x3,5x6 \
-        --refine-strengths 0.3,0.5 --model runs/ulf-compact/model.json --unet runs/ulf-small-unet/unet.json \
+    python benchmarks/ulf_sweep.py --subjects template-36 --strengths 0.65,0.8,1 --budgets 5x6 \
+        --refine-strengths 0.3,0.5,0.65 --model runs/ulf-compact/model.json --unet runs/ulf-small-unet/unet.json \
         --guidance 1 --stride 24
 """
 

@@ -197,10 +197,12 @@ def test_enhance_keeps_geometry_units_and_is_seeded(model):
     assert model.training is False
 
 
-def test_strength_zero_returns_the_input(model):
+def test_strength_zero_returns_the_start_volume(model):
     lf = _lf_volume()
     result = enhance(lf, model, strength=0.0, samples=3)
     torch.testing.assert_close(result.mean.data, lf.data)
+    start = Volume(2 * lf.data, OBLIQUE)
+    torch.testing.assert_close(enhance(lf, model, strength=0.0, samples=1, init=start).mean.data, start.data)
     assert result.nfe == 0
     assert float(result.std.data.abs().max()) == 0.0
 

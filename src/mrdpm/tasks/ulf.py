@@ -187,8 +187,8 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
         A conditional 3D ``v``/``vp`` model (:func:`check_ulf_model`), trained with ``pair_scale = "condition"``;
         it runs in eval mode (its mode is restored afterwards).
     strength
-        Fraction of the diffusion the input is noised through, in ``[0, 1]``; 0 returns the input unchanged
-        (no network evaluation), 1 starts from (almost) pure noise.
+        Fraction of the diffusion the input (or ``init``) is noised through, in ``[0, 1]``; 0 returns it
+        unchanged (no network evaluation), 1 starts from (almost) pure noise.
     steps
         DDIM steps from the start level to 0 (at most ``round(strength * T)``).
     samples
@@ -238,7 +238,7 @@ def enhance(lf: Volume, denoiser: Denoiser, *, strength: float = 0.65, steps: in
             "percentile": percentile, "intensity_factor": factor, "init": "lf" if init is None else "given"}
     began = time.perf_counter()
     if t0 < 0:
-        out, nfe = x_lf.expand(samples, 1, *x_lf.shape), 0
+        out, nfe = x_init.expand(samples, 1, *x_init.shape), 0
         info |= {"start_sigma": 0.0, "steps": 0}
     else:
         sigmas = strength_sigmas(denoiser.sigma_grid, strength, steps)
