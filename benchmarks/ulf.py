@@ -1,7 +1,8 @@
 """Ultra-low-field (64 mT) -> high-field quality transfer benchmark (MRIQT, arXiv 2511.13232) on held-out volumes.
 
-Data: the pairs of ``mrdpm ulf make-pairs`` (``--pairs``, default ``../runs/ulf-pairs``: ``<subject>_hf.nii.gz``
-targets and ``<subject>_lf.nii.gz`` simulated 64 mT conditions, see :file:`configs/ulf.toml`). The subjects
+Data: the pairs of ``mrdpm ulf make-pairs`` (``--pairs``, default ``../runs/ulf-pairs``: high-field targets and
+simulated 64 mT conditions, see :file:`configs/ulf.toml`), each subject's files found by the folder's manifest
+``ulf_pairs.json``, else as ``<subject>_hf.nii.gz`` and ``<subject>_lf.nii.gz`` (:func:`pair_paths`). The subjects
 are the held-out list of the diffusion model's card (else the U-Net's), or ``--subjects``; a model trained on an
 evaluated subject is refused.
 
@@ -186,6 +187,17 @@ def choose_subjects(args: argparse.Namespace, about: dict) -> list[str]:
 
 
 def pair_paths(folder: Path, subject: str) -> tuple[Path, Path]:
+    """The (high-field, low-field) files of ``subject``.
+
+    From the manifest ``ulf_pairs.json`` of ``mrdpm ulf make-pairs`` when the folder has one with a single pair of
+    that subject (its files keep the input's stem: ``IXI575-HH-2658_T1_hf.nii.gz`` for subject ``IXI575-HH-2658``),
+    else ``<subject>_hf`` / ``<subject>_lf`` (.nii.gz, .nii or .npy).
+    """
+    manifest = folder / "ulf_pairs.json"
+    if manifest.is_file():
+        records = [r for r in json.loads(manifest.read_text())["subjects"] if r["subject"] == subject]
+        if len(records) == 1 and all((folder / records[0][role]).is_file() for role in ("hf", "lf")):
+            return folder / records[0]["hf"], folder / records[0]["lf"]
     for suffix in (".nii.gz", ".nii", ".npy"):
         hf, lf = folder / f"{subject}_hf{suffix}", folder / f"{subject}_lf{suffix}"
         if hf.is_file() and lf.is_file():
