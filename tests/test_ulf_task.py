@@ -121,6 +121,18 @@ def test_make_pairs_writes_matched_pairs_and_manifest(heads, tmp_path):
     alone = np.load(tmp_path / "alone" / "subjB_lf.npy")
     assert alone.dtype == np.float32
     np.testing.assert_array_equal(alone, read_image(tmp_path / "pairs" / "subjB_lf.nii.gz").data.numpy())
+    # Masked to the labels: a 'scalp' outside them is removed from the target (the input times labels > 0).
+    inside = read_image(b_labels).data.numpy() > 0
+    assert 0 < inside.mean() < 1
+    (tmp_path / "scalp").mkdir()
+    with_scalp = _save(tmp_path / "scalp" / "subjB.nii.gz", read_image(b).data.numpy() + 20.0 * ~inside)
+    manifest = json.loads(make_ulf_pairs([with_scalp], tmp_path / "masked", SETTINGS, labels_paths=[b_labels],
+                                         seed=5, fmt="npy", mask_to_labels=True).read_text())
+    assert manifest["high_field_masked_to_labels"] is True
+    np.testing.assert_allclose(np.load(tmp_path / "masked" / "subjB_hf.npy"), read_image(b).data.numpy(),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="mask_to_labels needs labels_paths"):
+        make_ulf_pairs([b], tmp_path / "x", LowFieldSettings(), mask_to_labels=True)
 
 
 def test_make_pairs_errors_name_the_file(heads, tmp_path):
@@ -327,6 +339,10 @@ def test_cli_errors_name_the_file(heads, tmp_path, capsys, model):
     assert "--contrast needs --labels" in capsys.readouterr().err
     assert main(["ulf", "make-pairs", str(a), "-o", str(tmp_path / "p"), "--held-out", "nobody"]) == 2
     assert "nobody" in capsys.readouterr().err
+    assert main(["ulf", "make-pairs", str(a), "-o", str(tmp_path / "p"), "--mask-to-labels"]) == 2
+    err = capsys.readouterr().err
+    assert "--mask-to-labels needs --labels" in err
+    assert str(a) in err
     card = save_checkpoint(model, tmp_path / "unpaired", {"intensity_normalisation": {"percentile": 99.0}})
     lf = _save(tmp_path / "lf.nii.gz", 1 + np.random.default_rng(0).random((12, 12, 12)))
     assert main(["ulf", "enhance", str(lf), "-o", str(tmp_path / "x.nii.gz"), "--model", str(card)]) == 2

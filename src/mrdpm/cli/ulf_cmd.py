@@ -149,6 +149,10 @@ def _register_make_pairs(ulf: argparse._SubParsersAction) -> None:
                         "the training config's held_out)")
     m.add_argument("--format", choices=sorted(FORMATS), default="nifti",
                    help="nifti (.nii.gz, geometry kept; default) or npy (arrays only)")
+    m.add_argument("--mask-to-labels", action="store_true",
+                   help="zero each high-field volume outside its labels (id > 0) before simulating: a skull-strip "
+                        "for label sets that cover only the brain (DLMUSE), whose 64 mT contrast is zero outside "
+                        "them (needs --labels)")
     _add_physics_options(m)
     m.add_argument("--seed", type=int, default=0, help="noise seed; each subject's is derived from it (default 0)")
     m.set_defaults(func=run_make_pairs)
@@ -281,12 +285,14 @@ def run_make_pairs(args: argparse.Namespace) -> int:
     """Write the paired training set; print a one-line JSON summary."""
     if args.contrast is not None and args.labels is None:
         raise MrdpmError("--contrast needs --labels (tissue labels on each image's grid)", path=args.images[0])
+    if args.mask_to_labels and args.labels is None:
+        raise MrdpmError("--mask-to-labels needs --labels (tissue labels on each image's grid)", path=args.images[0])
     if args.labels is not None and args.contrast is None:
         raise MrdpmError("--labels are only used to re-synthesise contrast: add --contrast T1w or T2w",
                          path=args.labels[0])
     manifest_path = make_ulf_pairs(args.images, args.output_dir, _physics_settings(args), labels_paths=args.labels,
                                    voxel_mm=args.out_voxel_mm, held_out=args.held_out, seed=args.seed,
-                                   fmt=args.format)
+                                   fmt=args.format, mask_to_labels=args.mask_to_labels)
     subjects = json.loads(manifest_path.read_text(encoding="utf-8"))["subjects"]
     shapes = sorted({tuple(record["shape"]) for record in subjects})
     print(json.dumps({"manifest": str(manifest_path), "pairs": len(subjects), "held_out": args.held_out,

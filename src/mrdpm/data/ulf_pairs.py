@@ -143,7 +143,7 @@ def _read_labels(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
 def make_ulf_pairs(hf_paths: Sequence[str | Path], out_dir: str | Path, settings: LowFieldSettings, *,
                    labels_paths: Sequence[str | Path] | None = None,
                    voxel_mm: float | Sequence[float] | None = None, held_out: Sequence[str] = (), seed: int = 0,
-                   fmt: str = "nifti", subject_pattern: str = r"^[^_.]+") -> Path:
+                   fmt: str = "nifti", subject_pattern: str = r"^[^_.]+", mask_to_labels: bool = False) -> Path:
     """Simulate a ULF twin of every HF volume, resample both, and write the pairs and a manifest.
 
     Parameters
@@ -169,6 +169,10 @@ def make_ulf_pairs(hf_paths: Sequence[str | Path], out_dir: str | Path, settings
         ``mrdpm ulf enhance``) or ``"npy"`` (arrays only; the manifest keeps the voxel sizes).
     subject_pattern
         Regular expression for the subject ID (``DataConfig.subject_pattern``).
+    mask_to_labels
+        Zero each HF volume outside its labels (id > 0) before simulating (needs ``labels_paths``): a
+        skull-strip for label sets that cover only the brain (DLMUSE), whose re-synthesised ULF contrast is zero
+        outside them, so that the target does not hold scalp and skull that the condition lacks.
 
     Returns
     -------
@@ -188,6 +192,8 @@ def make_ulf_pairs(hf_paths: Sequence[str | Path], out_dir: str | Path, settings
     if labels_paths is not None and len(labels_paths) != len(hf_paths):
         raise MrdpmError(f"{len(labels_paths)} label volumes for {len(hf_paths)} high-field volumes; give one "
                          "per volume, in the same order", path=labels_paths[0] if labels_paths else None)
+    if mask_to_labels and labels_paths is None:
+        raise ValueError("mask_to_labels needs labels_paths")
     if (settings.contrast is None) != (labels_paths is None):
         raise ValueError("labels_paths are needed exactly when settings.contrast is set, got "
                          f"contrast={settings.contrast!r} and {'no ' if labels_paths is None else ''}labels")
@@ -212,12 +218,13 @@ def make_ulf_pairs(hf_paths: Sequence[str | Path], out_dir: str | Path, settings
             raise MrdpmError("expected a magnitude volume, got complex data", path=path)
         labels = None if labels_paths is None else _read_labels(labels_paths[i], tuple(hf.data.shape))
         subject_seed = _subject_seed(seed, subject)
+        hf_data = hf.data * (labels > 0) if mask_to_labels else hf.data
         try:
-            lf = simulate_low_field(hf.data, hf.voxel_size_mm, settings, labels,
+            lf = simulate_low_field(hf_data, hf.voxel_size_mm, settings, labels,
                                     generator=torch.Generator().manual_seed(subject_seed))
         except ValueError as err:  # label ids unknown to the tissue set, and the like
             raise MrdpmError(str(err), path=path if labels_paths is None else labels_paths[i]) from err
-        pair, affine, grid_mm = (hf.data.float(), lf), hf.affine, hf.voxel_size_mm
+        pair, affine, grid_mm = (hf_data.float(), lf), hf.affine, hf.voxel_size_mm
         if target is not None:
             pair = tuple(fourier_resample(v, hf.voxel_size_mm, target)[0] for v in pair)
             affine = resampled_affine(hf.affine, tuple(hf.data.shape), tuple(pair[0].shape))
@@ -237,6 +244,7 @@ def make_ulf_pairs(hf_paths: Sequence[str | Path], out_dir: str | Path, settings
             "method": "fourier (centred k-space crop or zero-pad), real part clamped at 0, magnitude kept",
             "target_voxel_mm": list(target)},
         "format": fmt, "seed": seed, "subject_pattern": subject_pattern, "held_out": list(held_out),
+        "high_field_masked_to_labels": mask_to_labels,
         "subjects": records,
     }
     manifest_path = out_dir / MANIFEST_NAME
