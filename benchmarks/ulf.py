@@ -195,7 +195,7 @@ def pair_paths(folder: Path, subject: str) -> tuple[Path, Path]:
     """
     manifest = folder / "ulf_pairs.json"
     if manifest.is_file():
-        records = [r for r in json.loads(manifest.read_text())["subjects"] if r["subject"] == subject]
+        records = [r for r in json.loads(manifest.read_text()).get("subjects", []) if r.get("subject") == subject]
         if len(records) == 1 and all((folder / records[0][role]).is_file() for role in ("hf", "lf")):
             return folder / records[0]["hf"], folder / records[0]["lf"]
     for suffix in (".nii.gz", ".nii", ".npy"):
