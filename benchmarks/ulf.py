@@ -170,7 +170,8 @@ def load_models(args: argparse.Namespace) -> tuple[dict, dict]:
         models[method] = model
         about[method] = {"card": str(card_path), "summary": card.get("summary"), "sha256": card["weights_sha256"],
                          "percentile": condition_percentile(card, card_path), "patch": training_patch(card),
-                         "held_out": held_out(card), "trained_subjects": sorted(trained_subjects(card))}
+                         "held_out": held_out(card), "trained_subjects": sorted(trained_subjects(card)),
+                         "parameters": card.get("num_parameters")}
     return models, about
 
 
@@ -326,7 +327,8 @@ def write_markdown(report: dict, path: Path) -> None:
                      "e.g. of `benchmarks/ulf_sweep.py`)")
     for method, info in s["models"].items():
         summary = f": {info['summary']}" if info["summary"] else ""
-        lines.append(f"- {LABELS[method]}: `{info['card']}` (sha256 {info['sha256'][:12]}){summary}")
+        size = f", {info['parameters']:,} parameters" if info.get("parameters") else ""
+        lines.append(f"- {LABELS[method]}: `{info['card']}` (sha256 {info['sha256'][:12]}{size}){summary}")
     if "diffusion" in s["models"]:
         d = s["diffusion"]
         refine = (f"; refine: the U-Net's estimate noised to strength {d['refine_strength']}, the rest as for "

@@ -157,6 +157,7 @@ def test_benchmark_end_to_end_with_resume(bench, ulf_pairs, unet_card, prior, tm
         assert set(saved["targets"][f"timing_128_{method}"]) == {"minutes", "target_minutes", "met"}
     markdown = (out / "ulf.md").read_text()
     assert "| 3D U-Net regression | 1 |" in markdown
+    assert f"{saved['settings']['models']['diffusion']['parameters']:,} parameters)" in markdown
     assert "| U-Net, then diffusion from its estimate | 5 |" in markdown
     assert "refine: the U-Net's estimate noised to strength 0.2" in markdown
     assert "## Targets" in markdown
