@@ -116,6 +116,13 @@ def test_default_t1w_contrast_neonatal_inverted_relative_to_adult(field):
     assert adult[2] > adult[1] > adult[0]  # adult WM T1-bright, CSF dark
 
 
+def test_adult_ultra_low_field_t1w_has_grey_white_contrast():
+    labels = torch.tensor([[[1, 2, 3]]])  # CSF, GM, WM
+    image = weighted_image(labels, "T1w", 0.064, kind="adult")[0, 0]
+    assert image[0] < image[1] < image[2]
+    assert image[2] / image[1] > 1.1  # TI 500 ms gave ~1.06: grey and white matter barely apart at 64 mT
+
+
 def test_dlmuse_map_on_ixi(shared_data):
     seg_path = sorted((shared_data / "ixi-t1" / "seg").glob("*_DLMUSE.nii.gz"))[0]
     seg = torch.from_numpy(_load(seg_path).astype(np.int64))

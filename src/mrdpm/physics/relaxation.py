@@ -124,12 +124,15 @@ class SequenceParameters:
 # Approximate clinical defaults (kind, field, contrast) -> sequence, ms.
 # - 64 mT: Hyperfine Swoop FSE protocols (Deoni et al., NeuroImage 238:118273, 2021: T2w FSE with long effective
 #   TE, T1w FSE inversion recovery) for adults; for neonates the T1w TI is lengthened to 800 ms (TR 2000) for
-#   their longer T1 (our assumption, not a published protocol).
+#   their longer T1 (our assumption, not a published protocol). The adult TI (400 ms) is ours too, chosen for
+#   the magnitude image with the tabled 64 mT T1s (GM 360, WM 300, CSF 3700 ms): CSF < GM < WM with
+#   WM/GM ~1.16. A TI of 500 ms gives WM/GM ~1.06 (little grey/white contrast, since WM's lower PD cancels its
+#   shorter T1); TIs near 300 ms make CSF (inverted, not yet at its null) as bright as WM in magnitude.
 # - Adult 1-1.5 T T1w: T1-FLAIR-like inversion recovery (spin echo gives little GM/WM contrast with these
 #   tables); 3 T T1w: MPRAGE-like (the closed form ignores the gradient-echo readout train).
 # - Neonatal: long-TE T2w and long-TI T1w IR, as neonatal protocols use for the long neonatal T1/T2
 #   (3 T: dHCP-like T2w 12000/156, T1w IR 4795/8.7/1740; 1 T: in-NICU permanent-magnet FSE).
-_ULF_SEQUENCES = {"T2w": SequenceParameters(2500.0, 200.0), "T1w": SequenceParameters(1500.0, 6.0, 500.0)}
+_ULF_SEQUENCES = {"T2w": SequenceParameters(2500.0, 200.0), "T1w": SequenceParameters(1500.0, 6.0, 400.0)}
 _DEFAULT_SEQUENCES: dict[str, dict[float, dict[str, SequenceParameters]]] = {
     "adult": {
         0.064: _ULF_SEQUENCES,
