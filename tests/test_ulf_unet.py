@@ -55,7 +55,29 @@ def test_train_unet_writes_a_3d_card_of_the_config_data(unet_card):
     assert card["training"]["data"]["image_shape"] == [18, 18, 18]
     assert card["intensity_normalisation"]["pair_scale"] == "condition"
     assert card["training"]["steps"] == 2
+    assert card["training"]["init"] is None  # a random start
     assert unet_card.with_suffix(".safetensors").is_file()
+
+
+def test_train_unet_fine_tunes_from_a_trained_unet(unet_card, ulf_pairs, tmp_path, capsys):
+    config = _config(ulf_pairs, tmp_path)
+    common = ["--steps", "1", "--batch-size", "2", "--device", "cpu", "--no-progress", "--init", str(unet_card)]
+    assert main(["ulf", "train-unet", str(config), "--run-dir", str(tmp_path / "ft"), "--unet-preset", "tiny",
+                 "--lr", "1e-12", *common]) == 0
+    capsys.readouterr()
+    tuned, card = load_regression_unet(tmp_path / "ft" / "unet.json")
+    start, start_card = load_regression_unet(unet_card)
+    for name, weight in tuned.state_dict().items():  # a negligible step: still the start's weights
+        torch.testing.assert_close(weight, start.state_dict()[name], rtol=0, atol=1e-8)
+    assert card["training"]["init"] == {"card": str(unet_card), "weights_sha256": start_card["weights_sha256"],
+                                        "summary": start_card["summary"]}
+    assert card["summary"].endswith("1 steps from unet.json")
+    # another architecture than the start's: a clear error naming its card
+    assert main(["ulf", "train-unet", str(config), "--run-dir", str(tmp_path / "bad"), "--unet-preset", "small",
+                 *common]) == 2
+    err = capsys.readouterr().err
+    assert "pass its preset ('tiny')" in err
+    assert str(unet_card) in err
 
 
 def test_enhance_with_the_unet_keeps_shape_affine_and_units(unet_card, ulf_pairs, tmp_path, capsys):

@@ -173,6 +173,9 @@ def _register_train_unet(ulf: argparse._SubParsersAction) -> None:
                    help="network size (default small: 1.44M parameters in 3D)")
     t.add_argument("--batch-size", type=positive_int, default=None, help="patches per step (default optim.batch_size)")
     t.add_argument("--lr", type=positive_float, default=1e-3, help="initial learning rate (default 1e-3)")
+    t.add_argument("--init", type=Path, default=None,
+                   help="a trained U-Net card (unet.json) to fine-tune from, of the same --unet-preset (default: "
+                        "random initialisation)")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train (default auto: CUDA when available)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -324,7 +327,8 @@ def run_train_unet(args: argparse.Namespace) -> int:
         card_path = train_regression_unet(data, run_dir / "unet", what="64 mT volume -> high-field volume (ULF)",
                                           steps=args.steps, batch_size=args.batch_size or config.optim.batch_size,
                                           lr=args.lr, seed=config.run.seed, preset=args.unet_preset,
-                                          device=_device(args.device), progress=not args.no_progress)
+                                          init=args.init, device=_device(args.device),
+                                          progress=not args.no_progress)
     except ValueError as err:  # data that are not real pairs with pair_scale "condition" and a patch size
         raise MrdpmError(str(err), path=args.config) from err
     card = json.loads(card_path.read_text(encoding="utf-8"))

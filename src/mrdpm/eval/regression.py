@@ -125,7 +125,8 @@ def _training_pairs(data: DataConfig) -> TrainingImages:
 
 def train_regression_unet(data: DataConfig, out_stem: str | Path, *, what: str, steps: int, batch_size: int = 8,
                           lr: float = 1e-3, seed: int = 0, preset: str = "small",
-                          device: str | torch.device = "cpu", progress: bool = False) -> Path:
+                          init: str | Path | None = None, device: str | torch.device = "cpu",
+                          progress: bool = False) -> Path:
     """Train a :class:`RegressionUNet` on random patches of the pairs (MSE in normalised units); save it.
 
     Parameters
@@ -141,6 +142,9 @@ def train_regression_unet(data: DataConfig, out_stem: str | Path, *, what: str, 
         Optimisation; ``seed`` seeds the initialisation and the batches (one generator, drawn in order).
     preset
         Network size, a key of :data:`PRESETS`.
+    init
+        A trained U-Net (card, weights or stem) to start from instead of a random initialisation (fine-tuning);
+        it must have ``preset``'s features, the data's ``spatial_dims`` and channels. The optimiser starts fresh.
     device
         Where the network trains (batches are drawn on the CPU and moved there).
     progress
@@ -156,14 +160,17 @@ def train_regression_unet(data: DataConfig, out_stem: str | Path, *, what: str, 
     ValueError
         For bad options or data that are not real paired channels with ``pair_scale = "condition"``.
     MrdpmError
-        For missing or unreadable data files (from :class:`mrdpm.data.images.TrainingImages`).
+        For missing or unreadable data files (from :class:`mrdpm.data.images.TrainingImages`), or an ``init``
+        network that is unreadable or of another architecture (naming its card).
     """
     if steps < 1 or batch_size < 1 or not lr > 0 or preset not in PRESETS:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0 and a preset of {sorted(PRESETS)}, got "
                          f"{steps=}, {batch_size=}, {lr=}, {preset=}")
     images = _training_pairs(data)
     torch.manual_seed(seed)
-    model = RegressionUNet(images.image_channels, PRESETS[preset], data.spatial_dims).to(device).train()
+    model = RegressionUNet(images.image_channels, PRESETS[preset], data.spatial_dims)
+    start = _start_from(model, init) if init is not None else None
+    model = model.to(device).train()
     generator = torch.Generator().manual_seed(seed)
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -173,10 +180,10 @@ def train_regression_unet(data: DataConfig, out_stem: str | Path, *, what: str, 
     result = fit(model, loss_fn, steps=steps, lr=lr, desc="regression unet", progress=progress)
     training = {"data": images.card(), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "optimizer": OPTIMIZER, "loss": "mean squared error in normalised units",
-                "device": str(device)} | result.card()
+                "device": str(device), "init": start} | result.card()
     n_parameters = sum(p.numel() for p in model.parameters())
     card = {"summary": f"regression U-Net ({preset}, {data.spatial_dims}D, {n_parameters / 1e6:.2f}M parameters): "
-                       f"{what}, {steps} steps",
+                       f"{what}, {steps} steps" + (f" from {Path(start['card']).name}" if start else ""),
             "architecture": {"network": "monai.networks.nets.BasicUNet", "spatial_dims": model.spatial_dims,
                              "channels": model.channels, "features": list(model.features), "preset": preset,
                              "spatial_multiple": SPATIAL_MULTIPLE},
@@ -184,6 +191,19 @@ def train_regression_unet(data: DataConfig, out_stem: str | Path, *, what: str, 
             "intensity_normalisation": images.normalisation.card() | {"pair_scale": data.pair_scale},
             "training": training}
     return save_module(model.eval(), out_stem, card, schema=CARD_SCHEMA, schema_version=CARD_SCHEMA_VERSION)
+
+
+def _start_from(model: RegressionUNet, init: str | Path) -> dict[str, str]:
+    """Copy a trained U-Net's weights into ``model`` (same architecture); the card's record of where they came from."""
+    trained, card = load_regression_unet(init, spatial_dims=model.spatial_dims, channels=model.channels,
+                                         what="U-Net to start from")
+    if list(trained.features) != list(model.features):
+        raise MrdpmError(f"the U-Net to start from has features {list(trained.features)}, the preset asked for "
+                         f"{list(model.features)}: pass its preset ({card['architecture'].get('preset')!r})",
+                         path=checkpoint_paths(init)[0])
+    model.load_state_dict(trained.state_dict())
+    return {"card": str(checkpoint_paths(init)[0]), "weights_sha256": card.get("weights_sha256", ""),
+            "summary": card.get("summary", "")}
 
 
 def build_regression_unet(card: dict[str, Any], card_path: Path) -> RegressionUNet:
