@@ -162,6 +162,18 @@ def test_training_config_parses():
         "v", "cosine", 1000, 0.1)
 
 
+def test_ixi_config_fine_tunes_the_neonatal_model_on_ixi_pairs():
+    neonatal, ixi = load_config(CONFIG), load_config(CONFIG.with_name("ulf-ixi.toml"))
+    assert ixi.model == neonatal.model
+    assert ixi.finetune.checkpoint == str(CONFIG.parents[1] / "runs" / "ulf-compact" / "model.json")
+    assert ixi.data.held_out == ("IXI575-HH-2658", "IXI577-HH-2661", "IXI603-HH-2701", "IXI606-HH-2601")
+    assert ixi.data.sources[0].condition_paths == (str(CONFIG.parents[1] / "runs" / "ulf-ixi-pairs" / "*_lf.nii.gz"),)
+    assert ixi.optim.lr < neonatal.optim.lr
+    same = ("spatial_dims", "patch_size", "patch_mode", "image_type", "normalisation", "pair_scale", "percentile")
+    assert [getattr(ixi.data, k) for k in same] == [getattr(neonatal.data, k) for k in same]
+    assert (ixi.perceptual.weight, ixi.perceptual.min_snr) == (neonatal.perceptual.weight, neonatal.perceptual.min_snr)
+
+
 def test_strength_schedule_and_start_noise_match_the_closed_form():
     grid = _model().sigma_grid
     assert start_timestep(0.65, 1000) == 649
