@@ -165,7 +165,8 @@ def test_training_config_parses():
 def test_ixi_config_fine_tunes_the_neonatal_model_on_ixi_pairs():
     neonatal, ixi = load_config(CONFIG), load_config(CONFIG.with_name("ulf-ixi.toml"))
     assert ixi.model == neonatal.model
-    assert ixi.finetune.checkpoint == str(CONFIG.parents[1] / "runs" / "ulf-compact" / "model.json")
+    # resolved against configs/ when that card exists, else kept as written
+    assert ixi.finetune.checkpoint.endswith("runs/ulf-compact/model.json")
     assert ixi.data.held_out == ("IXI575-HH-2658", "IXI577-HH-2661", "IXI603-HH-2701", "IXI606-HH-2601")
     assert ixi.data.sources[0].condition_paths == (str(CONFIG.parents[1] / "runs" / "ulf-ixi-pairs" / "*_lf.nii.gz"),)
     assert ixi.optim.lr < neonatal.optim.lr
