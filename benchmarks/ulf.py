@@ -1,8 +1,8 @@
 """Ultra-low-field (64 mT) -> high-field quality transfer benchmark (MRIQT, arXiv 2511.13232) on held-out volumes.
 
 Data: the pairs of ``mrdpm ulf make-pairs`` (``--pairs``, default ``../runs/ulf-pairs``: high-field targets and
-simulated 64 mT conditions, see :file:`configs/ulf.toml`), each subject's files found by the folder's manifest
-``ulf_pairs.json``, else as ``<subject>_hf.nii.gz`` and ``<subject>_lf.nii.gz`` (:func:`pair_paths`). The subjects
+simulated 64 mT conditions, see :file:`configs/ulf.toml`), each subject's ``*_hf`` / ``*_lf`` files found by
+subject ID as in training (:func:`pair_paths`). The subjects
 are the held-out list of the diffusion model's card (else the U-Net's), or ``--subjects``; a model trained on an
 evaluated subject is refused.
 
@@ -63,7 +63,11 @@ import torch
 import torch.nn.functional as F
 
 from common import csv_list, machine_info, run_script, trained_subjects
+from mrdpm.data.config import DataConfig
+from mrdpm.data.images import pair_files
 from mrdpm.data.normalise import percentile_factor
+from mrdpm.data.ulf_pairs import MANIFEST_NAME
+from mrdpm.data.volumes import subject_id
 from mrdpm.errors import MrdpmError
 from mrdpm.eval.figures import save_panels
 from mrdpm.eval.metrics import mae, mean_bias, pearson, psnr, ssim
@@ -188,23 +192,21 @@ def choose_subjects(args: argparse.Namespace, about: dict) -> list[str]:
 
 
 def pair_paths(folder: Path, subject: str) -> tuple[Path, Path]:
-    """The (high-field, low-field) files of ``subject``.
+    """The (high-field, low-field) files ``<stem>_hf.*`` / ``<stem>_lf.*`` of ``subject``, paired as in training.
 
-    From the manifest ``ulf_pairs.json`` of ``mrdpm ulf make-pairs`` when the folder has one with a single pair of
-    that subject (its files keep the input's stem: ``IXI575-HH-2658_T1_hf.nii.gz`` for subject ``IXI575-HH-2658``),
-    else ``<subject>_hf`` / ``<subject>_lf`` (.nii.gz, .nii or .npy).
+    :func:`mrdpm.data.images.pair_files` by subject ID, with the ``subject_pattern`` of ``mrdpm ulf make-pairs``'
+    manifest (``ulf_pairs.json``) when the folder has one, else the default of ``DataConfig``: so
+    ``IXI575-HH-2658_T1_hf.nii.gz`` is subject ``IXI575-HH-2658``.
     """
-    manifest = folder / "ulf_pairs.json"
+    manifest = folder / MANIFEST_NAME
+    pattern = DataConfig.subject_pattern
     if manifest.is_file():
-        records = [r for r in json.loads(manifest.read_text()).get("subjects", []) if r.get("subject") == subject]
-        if len(records) == 1 and all((folder / records[0][role]).is_file() for role in ("hf", "lf")):
-            return folder / records[0]["hf"], folder / records[0]["lf"]
-    for suffix in (".nii.gz", ".nii", ".npy"):
-        hf, lf = folder / f"{subject}_hf{suffix}", folder / f"{subject}_lf{suffix}"
-        if hf.is_file() and lf.is_file():
-            return hf, lf
-    raise MrdpmError(f"no pair <subject>_hf / <subject>_lf (.nii.gz, .nii or .npy) for subject {subject!r}",
-                     path=folder / f"{subject}_hf.nii.gz")
+        pattern = json.loads(manifest.read_text()).get("subject_pattern", pattern)
+    pairs = pair_files(sorted(folder.glob("*_hf.*")), sorted(folder.glob("*_lf.*")), pattern, source=str(folder))
+    found = [pair for pair in pairs if subject_id(pair[0], pattern) == subject]
+    if len(found) != 1:
+        raise MrdpmError(f"no pair <stem>_hf / <stem>_lf for subject {subject!r} ({len(found)} found)", path=folder)
+    return found[0]
 
 
 def on_grid(volume: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -232,15 +232,21 @@ def test_sweep_runs_every_setting_and_the_unet_once(load_benchmark, ulf_pairs, u
         sweep.parse_args([a for a in argv[:-2] if a not in ("--unet", str(unet_card))])
 
 
-def test_pairs_are_found_by_the_manifest_or_by_name(bench, tmp_path):
+def test_pairs_are_found_by_subject_id(bench, tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
     for name in ("IXI1-HH-1_T1_hf.nii.gz", "IXI1-HH-1_T1_lf.nii.gz", "subjD_hf.npy", "subjD_lf.npy"):
         (folder / name).touch()
-    with pytest.raises(MrdpmError, match="no pair"):  # the input's stem is kept: the subject is not the stem
-        bench.pair_paths(folder, "IXI1-HH-1")
+    with pytest.raises(MrdpmError, match="no pair"):
+        bench.pair_paths(folder, "subjE")
+    # the input's stem is kept; the subject is found by its ID, as in training
+    assert bench.pair_paths(folder, "IXI1-HH-1") == (folder / "IXI1-HH-1_T1_hf.nii.gz",
+                                                      folder / "IXI1-HH-1_T1_lf.nii.gz")
     records = [{"subject": "IXI1-HH-1", "hf": "IXI1-HH-1_T1_hf.nii.gz", "lf": "IXI1-HH-1_T1_lf.nii.gz"}]
     (folder / "ulf_pairs.json").write_text(json.dumps({"subjects": records}))
     assert bench.pair_paths(folder, "IXI1-HH-1") == (folder / "IXI1-HH-1_T1_hf.nii.gz",
                                                       folder / "IXI1-HH-1_T1_lf.nii.gz")
     assert bench.pair_paths(folder, "subjD") == (folder / "subjD_hf.npy", folder / "subjD_lf.npy")
+    # the manifest's subject_pattern, as make-pairs recorded it, names the subjects
+    (folder / "ulf_pairs.json").write_text(json.dumps({"subject_pattern": "^[^-_.]+", "subjects": records}))
+    assert bench.pair_paths(folder, "IXI1") == (folder / "IXI1-HH-1_T1_hf.nii.gz", folder / "IXI1-HH-1_T1_lf.nii.gz")
